@@ -1,0 +1,87 @@
+"""The one settings class of loradock.
+
+Every knob is read here, from `LORADOCK_*` environment variables (or a `.env` file), and nowhere else: the app
+factory and the CLI build one `Settings` and pass it down, so tests can hand in their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
+SUPPORTED_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
+
+
+class Settings(BaseSettings):
+    """Configuration for the hub, the server and training; each field is also `LORADOCK_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="LORADOCK_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.loradock"),
+        description="Where loradock keeps models, adapters, runs and its database.",
+    )
+
+    # --- the base model and the engine ------------------------------------------------------------------
+    base_model: str = Field(
+        default=DEMO_MODEL_NAME,
+        description="A local folder, the name of a model under $LORADOCK_HOME/models, or a Hugging Face id.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use for the base model; defaults to the model's folder name."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: int = Field(default=2048, ge=16, description="Context length (prompt + completion) in tokens.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters active in one batch.")
+    max_cpu_loras: int = Field(default=32, ge=1, description="Adapters kept loaded in host memory (LRU).")
+    max_lora_rank: int = Field(default=64, ge=1, description="Largest LoRA rank the engine accepts.")
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="KV-cache size in GiB; unset lets vLLM size it from gpu_memory_utilization (1 GiB on the CPU).",
+    )
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = Field(default=False, description="Skip CUDA graph capture (faster start, slower decode).")
+    seed: int = 0
+
+    # --- the HTTP server --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="Requests in flight before new ones get 503 server_overloaded."
+    )
+    max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request) accepted.")
+    graceful_shutdown_s: float = Field(default=30.0, ge=0, description="How long SIGTERM waits for streams.")
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _check_rank(cls, value: int) -> int:
+        if value not in SUPPORTED_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank must be one of {sorted(SUPPORTED_LORA_RANKS)} (vLLM's kernels), got {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_lora_capacity(self) -> Settings:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras}): "
+                "every adapter in a batch also has to be held in host memory"
+            )
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        """Base models fetched or converted by loradock."""
+        return self.home / "models"

@@ -1,0 +1,81 @@
+"""`loradock serve`: the OpenAI-compatible server on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve(
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="Folder, name under $LORADOCK_HOME/models, or Hugging Face id."
+    ),
+    adapter: list[str] = typer.Option(  # noqa: B008 - Typer reads the default from here
+        [], "--adapter", help="Serve a LoRA adapter folder as NAME=PATH (repeatable)."
+    ),
+    host: str | None = typer.Option(None, help="Address to bind [default: LORADOCK_HOST or 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port to bind [default: LORADOCK_PORT or 8000]."),
+    served_model_name: str | None = typer.Option(None, help="Name clients use for the base model."),
+) -> None:
+    """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process)."""
+    import uvicorn
+
+    from adapters.settings import Settings
+    from server.app import build_app, build_state
+    from server.resolution import StaticAdapterError
+
+    overrides: dict[str, Any] = {
+        "base_model": base_model,
+        "host": host,
+        "port": port,
+        "served_model_name": served_model_name,
+    }
+    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        state = build_state(settings, _parse_adapters(adapter))
+    except (StaticAdapterError, FileNotFoundError, typer.BadParameter) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+    fatal: list[str] = []
+    config = uvicorn.Config(
+        build_app(state, on_fatal=lambda reason: _stop(server, fatal, reason)),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        log_level="info",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if fatal:
+        console.print(f"[red]error:[/red] {fatal[0]}")
+        raise typer.Exit(1)
+
+
+def _stop(server: Any, fatal: list[str], reason: str) -> None:
+    fatal.append(reason)
+    server.should_exit = True
+
+
+def _parse_adapters(specs: list[str]) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--adapter takes NAME=PATH, got {spec!r}")
+        if name in adapters:
+            raise typer.BadParameter(f"--adapter {name} is given twice")
+        adapters[name] = Path(path).expanduser()
+    return adapters
+
+
+def register(app: typer.Typer) -> None:
+    """Add the server's commands to the root `loradock` command."""
+    app.command()(serve)

@@ -1,0 +1,230 @@
+"""The generation engine: vLLM's `AsyncLLM` in this process, with LoRA enabled.
+
+This is the only module of the server that imports vLLM. The rest of the server speaks in the small neutral
+types below (`SamplingOptions` in, `ChoiceDelta` out), which keeps the HTTP layer testable on its own and the
+vLLM surface we depend on in one place when vLLM's internals move between releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.settings import Settings
+from server.errors import EngineNotReadyError, InvalidRequestError, ServiceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class LoraTarget:
+    """One adapter version as the engine sees it: a stable integer id and a local folder."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """What a client asked for, already validated and defaulted by the serving layer."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    top: list[tuple[str, int, float]]
+    """The most likely alternatives as (token, token id, logprob), best first."""
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """New output of one choice since the previous delta (or all of it, for non-streamed requests)."""
+
+    index: int
+    text: str
+    token_count: int
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = field(default=None)
+
+
+class Engine:
+    """vLLM's AsyncLLM plus the tokenizer it serves with."""
+
+    def __init__(self, llm: Any, max_model_len: int) -> None:
+        self._llm = llm
+        self.max_model_len = max_model_len
+        self.tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    def start(cls, settings: Settings, model: str, served_model_name: str) -> Engine:
+        """Build the engine (blocking: loads weights and profiles memory; about 30 s on 2 CPU cores)."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model,
+            served_model_name=served_model_name,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            enable_lora=True,
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
+            max_lora_rank=settings.max_lora_rank,  # type: ignore[arg-type]  # checked by Settings
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_memory_bytes=_kv_cache_bytes(settings),
+            enforce_eager=settings.enforce_eager,
+            seed=settings.seed,
+            disable_log_stats=True,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        return cls(llm, llm.model_config.max_model_len)
+
+    @property
+    def is_running(self) -> bool:
+        return bool(self._llm.is_running) and not self._llm.errored
+
+    async def check_health(self) -> None:
+        """Raise EngineNotReadyError unless the engine core answers."""
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineNotReadyError("The inference engine is not healthy.") from exc
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        lora: LoraTarget | None = None,
+    ) -> AsyncIterator[list[ChoiceDelta]]:
+        """Yield each step's new output; closing the iterator early aborts the request in the engine."""
+        from vllm.exceptions import GracefulHTTPError, VLLMValidationError
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            params = _sampling_params(options)
+        except VLLMValidationError as exc:
+            raise InvalidRequestError(str(exc.args[0]), param=exc.parameter) from exc
+        lora_request = _lora_request(lora)
+        stream = self._llm.generate(tokens_input(prompt_token_ids), params, request_id, lora_request=lora_request)
+        try:
+            async for output in stream:
+                yield [_delta(choice, options.logprobs) for choice in output.outputs]
+        except VLLMValidationError as exc:
+            raise InvalidRequestError(str(exc.args[0]), param=exc.parameter) from exc
+        except GracefulHTTPError as exc:
+            raise ServiceUnavailableError(exc.message) from exc
+        except EngineDeadError as exc:
+            raise EngineNotReadyError("The inference engine has stopped.") from exc
+        finally:
+            await stream.aclose()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _kv_cache_bytes(settings: Settings) -> int | None:
+    if settings.kv_cache_gib is not None:
+        return int(settings.kv_cache_gib * GIB)
+    # On the CPU, vLLM would otherwise claim a share of all host memory; 1 GiB holds hundreds of short chats.
+    if _cpu_build() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return GIB
+    return None
+
+
+def _cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def _sampling_params(options: SamplingOptions) -> Any:
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=options.json_schema)
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    return SamplingParams(
+        n=options.n,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        stop=list(options.stop) or None,
+        seed=options.seed,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        logprobs=options.logprobs,
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def _lora_request(lora: LoraTarget | None) -> Any:
+    if lora is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=lora.name, lora_int_id=lora.int_id, lora_path=lora.path)
+
+
+def _delta(choice: Any, top_k: int | None) -> ChoiceDelta:
+    return ChoiceDelta(
+        index=choice.index,
+        text=choice.text,
+        token_count=len(choice.token_ids),
+        finish_reason=choice.finish_reason,
+        logprobs=_logprobs(choice.token_ids, choice.logprobs, top_k or 0) if choice.logprobs is not None else None,
+    )
+
+
+def _logprobs(token_ids: Sequence[int], steps: Sequence[dict[int, Any]], top_k: int) -> list[TokenLogprob]:
+    """vLLM returns the top k plus the sampled token (k + 1 entries when it ranked lower); keep OpenAI's k."""
+    result = []
+    for token_id, candidates in zip(token_ids, steps, strict=True):
+        chosen = candidates[token_id]
+        ranked = sorted(candidates.items(), key=lambda item: item[1].rank)[:top_k]
+        result.append(
+            TokenLogprob(
+                token=chosen.decoded_token or "",
+                token_id=token_id,
+                logprob=_finite(chosen.logprob),
+                top=[(lp.decoded_token or "", tid, _finite(lp.logprob)) for tid, lp in ranked],
+            )
+        )
+    return result
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -inf; OpenAI reports impossible tokens as -9999."""
+    return max(logprob, -9999.0)
+
+
+async def start_engine(settings: Settings, model: str, served_model_name: str) -> Engine:
+    """Start the engine without blocking the event loop, so /health answers while weights load."""
+    return await asyncio.to_thread(Engine.start, settings, model, served_model_name)

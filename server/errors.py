@@ -1,0 +1,149 @@
+"""Our exception types and the one place that turns exceptions into OpenAI-shaped error responses.
+
+Handlers map exception *types* to statuses (as vLLM's server does), never message text, and nothing
+unexpected leaks a stack trace into a response body: it is logged here and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a client caused or should know about; carries OpenAI's error fields."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str] | None:
+        return None
+
+
+class InvalidRequestError(ApiError):
+    """A parameter has a value we cannot honour; `param` names it."""
+
+    code = "invalid_value"
+
+
+class ContextLengthExceededError(ApiError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(ApiError):
+    status_code = 404
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+class ServiceUnavailableError(ApiError):
+    """The server cannot take the request now (engine starting, overloaded, draining); clients may retry."""
+
+    status_code = 503
+    error_type = "server_error"
+    retry_after_s = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class ServerOverloadedError(ServiceUnavailableError):
+    code = "server_overloaded"
+
+
+class EngineNotReadyError(ServiceUnavailableError):
+    code = "engine_not_ready"
+    retry_after_s = 5
+
+
+def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _count(request: Request, status: int, code: str | None) -> None:
+    """Every error response is counted here, labelled by the model a route resolved (if it got that far)."""
+    state = getattr(request.app.state, "loradock", None)
+    if state is not None:
+        model = getattr(request.state, "model_label", "none")
+        state.metrics.errors.labels(model, str(status), code or "none").inc()
+
+
+def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    _count(request, exc.status_code, exc.code)
+    return JSONResponse(
+        error_body(exc.message, exc.error_type, param=exc.param, code=exc.code),
+        status_code=exc.status_code,
+        headers=exc.headers(),
+    )
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    _count(request, 400, "invalid_value")
+    first = exc.errors()[0]
+    param = _param_from_location(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        message = "The request body is not valid JSON."
+    elif param:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    else:
+        message = f"Invalid request: {first.get('msg', 'invalid')}."
+    return JSONResponse(error_body(message, "invalid_request_error", param=param, code="invalid_value"), 400)
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _param_from_location(location: tuple[Any, ...]) -> str | None:
+    """`messages.0.content` from pydantic's location, without "body" and the union-member tags pydantic adds
+    (`prompt.list[int].0` names the same parameter as `prompt.0`)."""
+    parts = [
+        str(part)
+        for part in location
+        if part != "body" and not (isinstance(part, str) and (part in _UNION_TAGS or "[" in part or "-" in part))
+    ]
+    return ".".join(parts) or None
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    _count(request, exc.status_code, None)
+    error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(
+        error_body(str(exc.detail), error_type),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count(request, 500, "internal_error")
+    return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every mapping above on `app`."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of one server, in a registry of its own (so that several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
+
+
+class ServerMetrics:
+    """Request, latency, token and error metrics, labelled by the model name a response reports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "loradock_requests",
+            "Generation requests by model, route and outcome (ok, error, aborted).",
+            ["model", "route", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "loradock_request_latency_seconds",
+            "Time from a request's admission to its last token.",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "loradock_time_to_first_token_seconds",
+            "Time from a request's admission to its first generated token.",
+            ["model", "route"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "loradock_prompt_tokens", "Prompt tokens processed.", ["model"], registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "loradock_completion_tokens", "Completion tokens generated.", ["model"], registry=self.registry
+        )
+        self.errors = Counter(
+            "loradock_errors",
+            'Error responses by model ("none" before a model was resolved), HTTP status and error code.',
+            ["model", "status", "code"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "loradock_requests_in_flight",
+            "Generation requests admitted and not yet finished.",
+            registry=self.registry,
+        )

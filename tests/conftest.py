@@ -1,0 +1,51 @@
+"""Session-wide real parts: the demo model (fetched once, cached across runs) and one shared server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter
+
+DEMO_MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def loradock_home() -> Path:
+    """A LORADOCK_HOME kept between test runs (the demo model is converted once), apart from the user's own."""
+    home = Path(os.environ.get("LORADOCK_TEST_HOME", REPO / ".pytest-home")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_model(loradock_home: Path) -> Path:
+    """The demo base model, fetched through the real `loradock models fetch-demo` command."""
+    env = {**os.environ, "LORADOCK_HOME": str(loradock_home)}
+    subprocess.run([str(LORADOCK), "models", "fetch-demo"], env=env, check=True, timeout=900)
+    return loradock_home / "models" / DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRA adapters over the demo model; each answers very differently from the base."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: make_lora_adapter(demo_model, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
+
+
+@pytest.fixture(scope="session")
+def demo_server(loradock_home: Path, demo_model: Path, test_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+    """One real server for the session: the demo model plus the two test adapters."""
+    args = ["--base-model", str(demo_model)]
+    for name, path in test_adapters.items():
+        args += ["--adapter", f"{name}={path}"]
+    server = ServerProcess(loradock_home, args, env={"LORADOCK_MAX_CONCURRENT_REQUESTS": "48"})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()

@@ -1,0 +1,84 @@
+"""Pure logic of the serving layer: admission, context budgeting, stream merging, adapter specs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge
+
+from server.admission import Admission
+from server.engine import ChoiceDelta
+from server.errors import ContextLengthExceededError, ModelNotFoundError, ServerOverloadedError
+from server.prompts import PromptBuilder, chat_messages
+from server.protocol import ChatMessage, ContentPart
+from server.resolution import ModelResolver, StaticAdapterError
+from server.serving.runner import merge
+
+
+def test_admission_refuses_past_the_limit_and_frees_slots() -> None:
+    gauge = Gauge("in_flight", "test", registry=CollectorRegistry())
+    admission = Admission(2, gauge)
+    admission.acquire()
+    admission.acquire()
+    with pytest.raises(ServerOverloadedError):
+        admission.acquire()
+    admission.release()
+    admission.acquire()
+    assert admission.in_flight == 2
+
+
+def test_max_tokens_budget() -> None:
+    prompts = PromptBuilder(tokenizer=None, max_model_len=100)
+    assert prompts.max_tokens_for(40, None, "messages", "max_tokens") == 60
+    assert prompts.max_tokens_for(40, 60, "messages", "max_tokens") == 60
+    with pytest.raises(ContextLengthExceededError) as too_much:
+        prompts.max_tokens_for(40, 61, "messages", "max_tokens")
+    assert too_much.value.param == "max_tokens"
+    with pytest.raises(ContextLengthExceededError) as too_long:
+        prompts.max_tokens_for(100, None, "prompt", "max_tokens")
+    assert too_long.value.param == "prompt"
+    prompts.close()
+
+
+def test_chat_messages_join_text_parts_and_map_developer_to_system() -> None:
+    messages = [
+        ChatMessage(role="developer", content="be brief"),
+        ChatMessage(role="user", content=[ContentPart(type="text", text="a"), ContentPart(type="text", text="b")]),
+    ]
+    assert chat_messages(messages) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    ]
+
+
+def test_merge_replays_first_steps_and_interleaves() -> None:
+    async def stream(tag: int, count: int):  # type: ignore[no-untyped-def]
+        for step in range(count):
+            await asyncio.sleep(0)
+            yield [ChoiceDelta(index=0, text=f"{tag}:{step}", token_count=1)]
+
+    async def run() -> list[tuple[int, str]]:
+        first_a, first_b = stream(0, 3), stream(1, 2)
+        started = [(await anext(first_a), first_a), (await anext(first_b), first_b)]
+        return [(position, step[0].text) async for position, step in merge(started)]
+
+    seen = asyncio.run(run())
+    assert sorted(seen) == [(0, "0:0"), (0, "0:1"), (0, "0:2"), (1, "1:0"), (1, "1:1")]
+    assert seen[:2] == [(0, "0:0"), (1, "1:0")]
+
+
+def test_resolver_serves_base_and_static_adapters(tmp_path: Path) -> None:
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    resolver = ModelResolver("base", {"support": adapter})
+    assert resolver.resolve("base").lora is None
+    assert resolver.resolve("support").lora.int_id == 1
+    with pytest.raises(ModelNotFoundError):
+        resolver.resolve("other")
+    with pytest.raises(StaticAdapterError, match="must match"):
+        ModelResolver("base", {"Bad Name": adapter})
+    with pytest.raises(StaticAdapterError, match=r"adapter_config\.json"):
+        ModelResolver("base", {"empty": tmp_path / "nothing"})
