@@ -151,7 +151,8 @@ def test_overload_is_503_and_abandoned_streams_are_aborted(demo_server: ServerPr
 
     async def flood() -> list[int]:
         async with httpx.AsyncClient(base_url=demo_server.url, timeout=120) as http:
-            body = {"model": "alpha", "messages": HELLO, "max_tokens": 1500, "stream": True}
+            essay = [{"role": "user", "content": "Write a long essay on the history of Rome."}]
+            body = {"model": BASE, "messages": essay, "max_tokens": 1500, "stream": True}
             requests = [http.build_request("POST", "/v1/chat/completions", json=body) for _ in range(56)]
             responses = await asyncio.gather(*(http.send(request, stream=True) for request in requests))
             refused = [r for r in responses if r.status_code == 503]
