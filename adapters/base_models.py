@@ -42,6 +42,16 @@ def resolve_base_model(ref: str, models_dir: Path) -> str:
     return ref
 
 
+def local_model_folder(resolved: str) -> Path:
+    """The folder holding a resolved base model: itself, or its Hugging Face snapshot (downloaded if needed,
+    through huggingface_hub, which honours HF_HUB_OFFLINE and its cache)."""
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model"]))
+
+
 def served_name_for(ref: str) -> str:
     """The name clients use for a base model when none is configured: its folder or repository name."""
     return Path(ref.rstrip("/")).name

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 import typer
 
 from adapters import __version__
+from adapters.commands import register_commands
 
 app = typer.Typer(
     name="loradock",
@@ -41,5 +42,6 @@ def _register_subcommands() -> None:
 
 def main() -> None:
     """Entry point of the `loradock` console script."""
+    register_commands(app)
     _register_subcommands()
     app()

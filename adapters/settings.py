@@ -6,10 +6,11 @@ factory and the CLI build one `Settings` and pass it down, so tests can hand in 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -24,6 +25,10 @@ class Settings(BaseSettings):
     home: Path = Field(
         default=Path("~/.loradock"),
         description="Where loradock keeps models, adapters, runs and its database.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the hub's database; unset: SQLite in $LORADOCK_HOME. PostgreSQL for replicas.",
     )
 
     # --- the base model and the engine ------------------------------------------------------------------
@@ -57,6 +62,21 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request) accepted.")
     graceful_shutdown_s: float = Field(default=30.0, ge=0, description="How long SIGTERM waits for streams.")
+    resolution_cache_s: float = Field(
+        default=2.0, ge=0, description="How long a resolved adapter name is reused before the registry is asked again."
+    )
+
+    # --- auth ---------------------------------------------------------------------------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto", description="API keys: auto = required unless the server binds a loopback address only."
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="A bootstrap admin key (e.g. from a secret), valid beside the keys in the database."
+    )
+
+    # --- adapter limits -----------------------------------------------------------------------------------
+    max_adapter_bytes: int = Field(default=2 << 30, ge=1, description="Largest adapter (unpacked) accepted.")
+    max_adapter_files: int = Field(default=32, ge=1, description="Most files one adapter may hold.")
 
     @field_validator("home")
     @classmethod
@@ -81,7 +101,39 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _refuse_open_public_server(self) -> Settings:
+        if self.auth == "off" and not self.binds_loopback_only:
+            raise ValueError(
+                f"auth cannot be off when the server binds {self.host!r}: anyone on the network could use it. "
+                "Bind 127.0.0.1 or set LORADOCK_AUTH=on (or auto) and create keys with `loradock keys create`."
+            )
+        return self
+
     @property
     def models_dir(self) -> Path:
         """Base models fetched or converted by loradock."""
         return self.home / "models"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The content-addressed artifact store (adapters and exports)."""
+        return self.home / "artifacts"
+
+    @property
+    def database(self) -> str:
+        """The effective database URL."""
+        return self.database_url or f"sqlite:///{self.home / 'loradock.db'}"
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "on" or (self.auth == "auto" and not self.binds_loopback_only)

@@ -15,52 +15,71 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from adapters import __version__
-from adapters.base_models import resolve_base_model, served_name_for
+from adapters.base_models import local_model_folder, resolve_base_model, served_name_for
+from adapters.fingerprint import BaseModelSpec
+from adapters.hub import Hub
 from adapters.settings import Settings
+from adapters.sources import stage_source
+from server.auth import KeyCache
 from server.engine import start_engine
 from server.errors import install_error_handlers
-from server.resolution import ModelResolver
-from server.routes import health, inference
+from server.resolution import HubResolver
+from server.routes import adapters, health, inference
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
 FatalHandler = Callable[[str], None]
+RETIRED_SWEEP_S = 5.0
 
 
-def build_state(settings: Settings, adapters: dict[str, Path]) -> ServerState:
-    """Resolve the base model and the static adapters; raises before anything heavy starts."""
+def build_state(settings: Settings, static_adapters: dict[str, Path]) -> ServerState:
+    """Open the hub, read the base model's shapes and register `--adapter` folders; nothing heavy starts here."""
     model_path = resolve_base_model(settings.base_model, settings.models_dir)
     served_name = settings.served_model_name or served_name_for(model_path)
-    return ServerState(settings=settings, model_path=model_path, resolver=ModelResolver(served_name, adapters))
+    base = BaseModelSpec.from_folder(local_model_folder(model_path))
+    hub = Hub.open(settings)
+    hub.store.sweep_incoming()
+    for name, path in sorted(static_adapters.items()):
+        staged = stage_source(hub.store, str(path), hub.registry.limits)
+        version = hub.registry.register(name, staged, base, created_by="loradock serve --adapter", reuse_identical=True)
+        logger.info("adapter %s is %s", name, version.ref)
+    resolver = HubResolver(served_name, base, hub.registry, hub.store, settings.resolution_cache_s)
+    return ServerState(settings=settings, model_path=model_path, hub=hub, resolver=resolver, key_cache=KeyCache())
 
 
 def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastAPI:
-    """The FastAPI app for `state`; `on_fatal` is told when the engine cannot start or dies."""
+    """The FastAPI app for `state`; `on_fatal` is told when the engine cannot start."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load_engine(state, on_fatal))
+        background = [
+            asyncio.create_task(_load_engine(state, on_fatal)),
+            asyncio.create_task(_sweep_retired_adapters(state)),
+        ]
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if state.prompts is not None:
                 state.prompts.close()
             if state.engine is not None:
                 state.engine.shutdown()
+            state.hub.close()
 
     app = FastAPI(
         title="loradock",
         version=__version__,
-        summary="OpenAI-compatible serving of a base model and its LoRA adapters.",
+        summary="OpenAI-compatible serving of a base model and its LoRA adapters, with an adapter hub.",
         lifespan=lifespan,
     )
     app.state.loradock = state
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(inference.router)
+    app.include_router(adapters.router)
     return app
 
 
@@ -76,4 +95,16 @@ async def _load_engine(state: ServerState, on_fatal: FatalHandler | None) -> Non
             on_fatal(state.startup_error)
         return
     state.attach_engine(engine)
-    logger.info("ready: serving %s and %d adapter(s)", name, len(state.resolver.servable()) - 1)
+    logger.info("ready: serving %s and the adapters of the hub at %s", name, state.settings.database)
+
+
+async def _sweep_retired_adapters(state: ServerState) -> None:
+    """Versions deprecated or purged (here or on another replica) leave the engine once idle."""
+    while True:
+        await asyncio.sleep(RETIRED_SWEEP_S)
+        if state.adapters is None:
+            continue
+        try:
+            await state.adapters.drop_retired(state.hub.registry)
+        except Exception:  # the database may be briefly unreachable; the next sweep tries again
+            logger.exception("could not check resident adapters against the hub")

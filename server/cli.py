@@ -17,7 +17,7 @@ def serve(
         None, "--base-model", help="Folder, name under $LORADOCK_HOME/models, or Hugging Face id."
     ),
     adapter: list[str] = typer.Option(  # noqa: B008 - Typer reads the default from here
-        [], "--adapter", help="Serve a LoRA adapter folder as NAME=PATH (repeatable)."
+        [], "--adapter", help="Register a LoRA adapter folder as NAME=PATH in the hub and serve it (repeatable)."
     ),
     host: str | None = typer.Option(None, help="Address to bind [default: LORADOCK_HOST or 127.0.0.1]."),
     port: int | None = typer.Option(None, help="Port to bind [default: LORADOCK_PORT or 8000]."),
@@ -25,10 +25,11 @@ def serve(
 ) -> None:
     """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process)."""
     import uvicorn
+    from pydantic import ValidationError
 
+    from adapters.errors import HubError
     from adapters.settings import Settings
     from server.app import build_app, build_state
-    from server.resolution import StaticAdapterError
 
     overrides: dict[str, Any] = {
         "base_model": base_model,
@@ -36,11 +37,12 @@ def serve(
         "port": port,
         "served_model_name": served_model_name,
     }
-    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
         state = build_state(settings, _parse_adapters(adapter))
-    except (StaticAdapterError, FileNotFoundError, typer.BadParameter) as exc:
+    except (HubError, FileNotFoundError, ValidationError, typer.BadParameter) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 

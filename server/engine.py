@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.settings import Settings
-from server.errors import EngineNotReadyError, InvalidRequestError, ServiceUnavailableError
+from server.errors import AdapterLoadError, EngineNotReadyError, InvalidRequestError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,16 @@ class Engine:
         finally:
             await stream.aclose()
 
+    async def add_lora(self, lora: LoraTarget) -> None:
+        """Load an adapter into the engine's host-memory LRU now, rather than when a batch first needs it."""
+        try:
+            await self._llm.add_lora(_lora_request(lora))
+        except Exception as exc:
+            raise AdapterLoadError(f"The engine could not load adapter {lora.name}: {exc}") from exc
+
+    async def remove_lora(self, int_id: int) -> None:
+        await self._llm.remove_lora(int_id)
+
     def shutdown(self) -> None:
         self._llm.shutdown()
 
@@ -186,9 +196,10 @@ def _sampling_params(options: SamplingOptions) -> Any:
 
 
 def _lora_request(lora: LoraTarget | None) -> Any:
+    from vllm.lora.request import LoRARequest
+
     if lora is None:
         return None
-    from vllm.lora.request import LoRARequest
 
     return LoRARequest(lora_name=lora.name, lora_int_id=lora.int_id, lora_path=lora.path)
 

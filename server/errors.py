@@ -14,6 +14,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.errors import (
+    ConflictError,
+    GoneError,
+    HubError,
+    InvalidAdapterError,
+    InvalidNameError,
+    NotFoundError,
+    SourceError,
+    TooLargeError,
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +64,36 @@ class ModelNotFoundError(ApiError):
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
+class PayloadTooLargeError(ApiError):
+    status_code = 413
+    code = "too_large"
+
+
+class ModelGoneError(ApiError):
+    status_code = 410
+    code = "model_deprecated"
+
+
+class AuthenticationError(ApiError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(ApiError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class AdapterLoadError(ApiError):
+    """The engine could not load a registered adapter's files."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "adapter_load_failed"
+
+
 class ServiceUnavailableError(ApiError):
     """The server cannot take the request now (engine starting, overloaded, draining); clients may retry."""
 
@@ -71,6 +112,18 @@ class ServerOverloadedError(ServiceUnavailableError):
 class EngineNotReadyError(ServiceUnavailableError):
     code = "engine_not_ready"
     retry_after_s = 5
+
+
+# Hub errors (adapters/ knows nothing of HTTP) by type: status, OpenAI error type, code.
+_HUB_ERRORS: list[tuple[type[HubError], int, str, str]] = [
+    (TooLargeError, 413, "invalid_request_error", "too_large"),
+    (InvalidAdapterError, 400, "invalid_request_error", "invalid_adapter"),
+    (InvalidNameError, 400, "invalid_request_error", "invalid_name"),
+    (NotFoundError, 404, "not_found_error", "not_found"),
+    (GoneError, 410, "invalid_request_error", "deprecated"),
+    (ConflictError, 409, "invalid_request_error", "conflict"),
+    (SourceError, 400, "invalid_request_error", "source_unavailable"),
+]
 
 
 def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -94,6 +147,14 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
         status_code=exc.status_code,
         headers=exc.headers(),
     )
+
+
+def _hub_error(request: Request, exc: Exception) -> JSONResponse:
+    for error_class, status, error_type, code in _HUB_ERRORS:
+        if isinstance(exc, error_class):
+            _count(request, status, code)
+            return JSONResponse(error_body(str(exc), error_type, code=code), status_code=status)
+    return _unexpected_error(request, exc)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -144,6 +205,7 @@ def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register every mapping above on `app`."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

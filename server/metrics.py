@@ -45,6 +45,21 @@ class ServerMetrics:
             ["model", "status", "code"],
             registry=self.registry,
         )
+        self.adapter_cache = Counter(
+            "loradock_adapter_cache",
+            "Adapter lookups by result: hit (already in the engine) or miss (loaded for this request).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.adapter_load_seconds = Histogram(
+            "loradock_adapter_load_seconds",
+            "Time to load an adapter into the engine.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.adapters_resident = Gauge(
+            "loradock_adapters_resident", "Adapters held in the engine's host-memory cache.", registry=self.registry
+        )
         self.in_flight = Gauge(
             "loradock_requests_in_flight",
             "Generation requests admitted and not yet finished.",

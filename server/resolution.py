@@ -1,52 +1,83 @@
-"""Which model a request's `model` field names: the base, or one of the adapters served over it."""
+"""Which model a request's `model` names: the base, or an adapter version from the hub.
+
+Resolutions are cached for `resolution_cache_s` (2 s by default): long enough that the request path almost
+never waits on the database, short enough that an alias moved or a version deprecated on another replica takes
+effect at once for practical purposes. Only successes are cached, so a name registered a moment ago (on any
+replica) resolves on its first request.
+"""
 
 from __future__ import annotations
 
-import re
+import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from adapters.errors import GoneError, NotFoundError
+from adapters.fingerprint import BaseModelSpec
+from adapters.keys import Principal
+from adapters.naming import parse_model_ref
+from adapters.records import VersionView
+from adapters.registry import Registry, Resolution
+from adapters.store import ArtifactStore
 from server.engine import LoraTarget
-from server.errors import ModelNotFoundError
-
-ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+from server.errors import ModelGoneError, ModelNotFoundError, PermissionDeniedError
 
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """What a request resolved to: the name responses report, and the adapter to apply (None for the base)."""
+    """What a request resolved to: the exact name responses report, and the adapter to apply (None: the base)."""
 
     name: str
     lora: LoraTarget | None
-    created: int
+    version: VersionView | None = None
 
 
-class StaticAdapterError(ValueError):
-    """An adapter given on the command line cannot be served; the message names it."""
+class HubResolver:
+    def __init__(
+        self,
+        base_name: str,
+        base: BaseModelSpec,
+        registry: Registry,
+        store: ArtifactStore,
+        cache_s: float,
+    ) -> None:
+        self.base = ServedModel(base_name, None)
+        self.base_spec = base
+        self._registry = registry
+        self._store = store
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[Resolution, float]] = {}
 
+    async def resolve(self, model: str, principal: Principal, user: str | None = None) -> ServedModel:
+        """The model to serve, or 404 (unknown), 410 (deprecated) or 403 (another tenant's adapter)."""
+        if model == self.base.name:
+            return self.base
+        ref = parse_model_ref(model)
+        if ref is None:
+            raise ModelNotFoundError(model)
+        if not principal.may_use(ref.name):
+            raise PermissionDeniedError(f"This API key may not use the model `{model}`.")
+        cached = self._cache.get(model)
+        if cached is not None and cached[1] > time.monotonic():
+            resolution = cached[0]
+        else:
+            try:
+                resolution = await asyncio.to_thread(self._registry.resolve, ref, self.base_spec.fingerprint_sha256)
+            except NotFoundError:
+                raise ModelNotFoundError(model) from None
+            except GoneError as exc:
+                raise ModelGoneError(str(exc), param="model") from exc
+            self._cache[model] = (resolution, time.monotonic() + self._cache_s)
+        return self.served(resolution.pick(user))
 
-class ModelResolver:
-    """The base model plus the adapters named at start-up (`--adapter NAME=PATH`)."""
+    def served(self, version: VersionView) -> ServedModel:
+        target = LoraTarget(version.ref, version.lora_id, str(self._store.path(version.sha256)))
+        return ServedModel(version.ref, target, version)
 
-    def __init__(self, base_name: str, adapters: dict[str, Path]) -> None:
-        now = int(time.time())
-        self.base = ServedModel(base_name, None, now)
-        self._models = {base_name: self.base}
-        for int_id, (name, path) in enumerate(sorted(adapters.items()), start=1):
-            if not ADAPTER_NAME.match(name):
-                raise StaticAdapterError(f"adapter name {name!r} must match {ADAPTER_NAME.pattern}")
-            if name == base_name:
-                raise StaticAdapterError(f"adapter name {name!r} is the base model's served name")
-            if not (path / "adapter_config.json").is_file():
-                raise StaticAdapterError(f"adapter {name!r}: {path} has no adapter_config.json")
-            self._models[name] = ServedModel(name, LoraTarget(name, int_id, str(path.resolve())), now)
+    def invalidate(self) -> None:
+        """Forget every cached resolution (after this replica changed an alias or a version's status)."""
+        self._cache.clear()
 
-    def resolve(self, model: str) -> ServedModel:
-        try:
-            return self._models[model]
-        except KeyError:
-            raise ModelNotFoundError(model) from None
-
-    def servable(self) -> list[ServedModel]:
-        return list(self._models.values())
+    async def servable(self, principal: Principal) -> list[tuple[str, VersionView]]:
+        only = None if principal.is_admin or principal.adapters is None else set(principal.adapters)
+        return await asyncio.to_thread(self._registry.servable_names, only)

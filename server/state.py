@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from adapters.hub import Hub
 from adapters.settings import Settings
+from server.adapter_cache import AdapterCache
 from server.admission import Admission
 from server.engine import Engine
 from server.errors import EngineNotReadyError
 from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder
-from server.resolution import ModelResolver
+from server.resolution import HubResolver
+
+if TYPE_CHECKING:
+    from server.auth import KeyCache
 
 
 @dataclass
 class ServerState:
     settings: Settings
     model_path: str
-    resolver: ModelResolver
+    hub: Hub
+    resolver: HubResolver
+    key_cache: KeyCache
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     engine: Engine | None = None
     prompts: PromptBuilder | None = None
+    adapters: AdapterCache | None = None
     startup_error: str | None = None
+    started_at: float = field(default_factory=time.time)
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
@@ -33,6 +43,7 @@ class ServerState:
     def attach_engine(self, engine: Engine) -> None:
         self.engine = engine
         self.prompts = PromptBuilder(engine.tokenizer, engine.max_model_len)
+        self.adapters = AdapterCache(engine, self.metrics, self.settings.max_cpu_loras)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class ReadyServer:
     state: ServerState
     engine: Engine
     prompts: PromptBuilder
+    adapters: AdapterCache
 
 
 def get_state(request: Request) -> ServerState:
@@ -50,9 +62,10 @@ def get_state(request: Request) -> ServerState:
 
 
 def get_ready(state: Annotated[ServerState, Depends(get_state)]) -> ReadyServer:
-    if state.engine is None or state.prompts is None or not state.engine.is_running:
+    engine, prompts, adapters = state.engine, state.prompts, state.adapters
+    if engine is None or prompts is None or adapters is None or not engine.is_running:
         raise EngineNotReadyError("The model is still loading; retry when /ready answers 200.")
-    return ReadyServer(state, state.engine, state.prompts)
+    return ReadyServer(state, engine, prompts, adapters)
 
 
 State = Annotated[ServerState, Depends(get_state)]

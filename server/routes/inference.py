@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from server.auth import Caller
 from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.serving.chat import create_chat_completion
 from server.serving.completion import create_completion
@@ -19,29 +20,22 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/chat/completions", response_model=None, responses=STREAM_DOC)
-async def chat_completions(body: ChatCompletionRequest, server: Ready, request: Request) -> Response:
-    """Create a chat completion with the base model or an adapter."""
-    return await create_chat_completion(server, body, request)
+async def chat_completions(body: ChatCompletionRequest, server: Ready, request: Request, caller: Caller) -> Response:
+    """Create a chat completion with the base model or an adapter (`NAME`, `NAME@VERSION`, `NAME:ALIAS`)."""
+    return await create_chat_completion(server, body, request, caller)
 
 
 @router.post("/completions", response_model=None, responses=STREAM_DOC)
-async def completions(body: CompletionRequest, server: Ready, request: Request) -> Response:
+async def completions(body: CompletionRequest, server: Ready, request: Request, caller: Caller) -> Response:
     """Create a text completion with the base model or an adapter."""
-    return await create_completion(server, body, request)
+    return await create_completion(server, body, request, caller)
 
 
 @router.get("/models")
-async def list_models(state: State) -> ModelList:
-    """Every servable model: the base, and each adapter with the base as its parent."""
+async def list_models(state: State, caller: Caller) -> ModelList:
+    """Every model name this caller may use: the base, and each adapter, version and alias (parent: the base)."""
     base = state.resolver.base.name
-    return ModelList(
-        data=[
-            ModelCard(
-                id=served.name,
-                created=served.created,
-                root=served.lora.path if served.lora else state.model_path,
-                parent=base if served.lora else None,
-            )
-            for served in state.resolver.servable()
-        ]
-    )
+    cards = [ModelCard(id=base, created=int(state.started_at), root=base)]
+    for name, version in await state.resolver.servable(caller):
+        cards.append(ModelCard(id=name, created=int(version.created_at.timestamp()), root=version.ref, parent=base))
+    return ModelList(data=cards)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
+from adapters.keys import Principal
 from server.engine import ChoiceDelta, TokenLogprob
 from server.errors import InvalidRequestError
 from server.protocol import (
@@ -33,6 +34,7 @@ from server.serving.runner import (
     collect,
     generate,
     merge,
+    response_headers,
     sse,
     sse_error,
     start_all,
@@ -43,8 +45,10 @@ from server.state import ReadyServer
 ROUTE = "chat"
 
 
-async def create_chat_completion(server: ReadyServer, request: ChatCompletionRequest, http: Request) -> Response:
-    served = server.state.resolver.resolve(request.model)
+async def create_chat_completion(
+    server: ReadyServer, request: ChatCompletionRequest, http: Request, principal: Principal
+) -> Response:
+    served = await server.state.resolver.resolve(request.model, principal, request.user)
     http.state.model_label = served.name
     if request.max_tokens is not None and request.max_completion_tokens is not None:
         raise InvalidRequestError(
@@ -63,15 +67,13 @@ async def create_chat_completion(server: ReadyServer, request: ChatCompletionReq
     if request.stream:
         started = await start_all([stream])
         body = _chunks(job, served, request, merge(started))
-        return StreamingResponse(body, media_type="text/event-stream", headers=_headers(job))
+        return StreamingResponse(body, media_type="text/event-stream", headers=response_headers(job.request_id, served))
     response = await until_disconnected(http, _collect(job, served, stream))
     if response is None:  # the client is gone; nobody reads this
         return Response(status_code=499)
-    return Response(response.model_dump_json(), media_type="application/json", headers=_headers(job))
-
-
-def _headers(job: Job) -> dict[str, str]:
-    return {"x-request-id": job.request_id}
+    return Response(
+        response.model_dump_json(), media_type="application/json", headers=response_headers(job.request_id, served)
+    )
 
 
 async def _collect(job: Job, served: ServedModel, stream: Steps) -> ChatCompletionResponse:

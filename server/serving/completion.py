@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
+from adapters.keys import Principal
 from server.engine import ChoiceDelta, TokenLogprob
 from server.errors import InvalidRequestError
 from server.protocol import (
@@ -28,6 +29,7 @@ from server.serving.runner import (
     collect,
     generate,
     merge,
+    response_headers,
     sse,
     sse_error,
     start_all,
@@ -38,8 +40,10 @@ from server.state import ReadyServer
 ROUTE = "completions"
 
 
-async def create_completion(server: ReadyServer, request: CompletionRequest, http: Request) -> Response:
-    served = server.state.resolver.resolve(request.model)
+async def create_completion(
+    server: ReadyServer, request: CompletionRequest, http: Request, principal: Principal
+) -> Response:
+    served = await server.state.resolver.resolve(request.model, principal, request.user)
     http.state.model_label = served.name
     if request.echo:
         raise InvalidRequestError("'echo' is not supported by this server.", param="echo")
@@ -52,7 +56,7 @@ async def create_completion(server: ReadyServer, request: CompletionRequest, htt
         options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=request.logprobs)
         jobs.append(Job(f"{request_id}-{position}", prompt, options, position))
     streams = [generate(server, served, job, ROUTE) for job in jobs]
-    headers = {"x-request-id": request_id}
+    headers = response_headers(request_id, served)
     if request.stream:
         started = await start_all(streams)
         body = _chunks(request_id, jobs, served, request, merge(started))

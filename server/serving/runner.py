@@ -58,8 +58,13 @@ async def generate(server: ReadyServer, served: ServedModel, job: Job, route: st
     first_token_at: float | None = None
     generated = 0
     outcome = "error"
+    lora = served.lora
+    if lora is not None:
+        server.adapters.start_request(lora.int_id)
     try:
-        async for step in server.engine.generate(job.prompt_token_ids, job.options, job.request_id, served.lora):
+        if lora is not None:
+            await server.adapters.ensure_loaded(lora)
+        async for step in server.engine.generate(job.prompt_token_ids, job.options, job.request_id, lora):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
                 metrics.time_to_first_token.labels(served.name, route).observe(first_token_at - started)
@@ -72,6 +77,8 @@ async def generate(server: ReadyServer, served: ServedModel, job: Job, route: st
         raise
     finally:
         state.admission.release()
+        if lora is not None:
+            server.adapters.finish_request(lora.int_id)
         metrics.requests.labels(served.name, route, outcome).inc()
         metrics.prompt_tokens.labels(served.name).inc(len(job.prompt_token_ids))
         metrics.completion_tokens.labels(served.name).inc(generated)
@@ -172,6 +179,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
         return work_task.result()
     await asyncio.gather(work_task, return_exceptions=True)
     return None
+
+
+def response_headers(request_id: str, served: ServedModel) -> dict[str, str]:
+    """Every response names its request id, and for adapters the exact version that answered."""
+    headers = {"x-request-id": request_id}
+    if served.version is not None:
+        headers["x-loradock-adapter-version"] = str(served.version.version)
+    return headers
 
 
 def sse(payload: str) -> str:

@@ -1,19 +1,17 @@
-"""Pure logic of the serving layer: admission, context budgeting, stream merging, adapter specs."""
+"""Pure logic of the serving layer: admission, context budgeting, stream merging."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from server.admission import Admission
 from server.engine import ChoiceDelta
-from server.errors import ContextLengthExceededError, ModelNotFoundError, ServerOverloadedError
+from server.errors import ContextLengthExceededError, ServerOverloadedError
 from server.prompts import PromptBuilder, chat_messages
 from server.protocol import ChatMessage, ContentPart
-from server.resolution import ModelResolver, StaticAdapterError
 from server.serving.runner import merge
 
 
@@ -67,18 +65,3 @@ def test_merge_replays_first_steps_and_interleaves() -> None:
     seen = asyncio.run(run())
     assert sorted(seen) == [(0, "0:0"), (0, "0:1"), (0, "0:2"), (1, "1:0"), (1, "1:1")]
     assert seen[:2] == [(0, "0:0"), (1, "1:0")]
-
-
-def test_resolver_serves_base_and_static_adapters(tmp_path: Path) -> None:
-    adapter = tmp_path / "a"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    resolver = ModelResolver("base", {"support": adapter})
-    assert resolver.resolve("base").lora is None
-    assert resolver.resolve("support").lora.int_id == 1
-    with pytest.raises(ModelNotFoundError):
-        resolver.resolve("other")
-    with pytest.raises(StaticAdapterError, match="must match"):
-        ModelResolver("base", {"Bad Name": adapter})
-    with pytest.raises(StaticAdapterError, match=r"adapter_config\.json"):
-        ModelResolver("base", {"empty": tmp_path / "nothing"})

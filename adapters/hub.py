@@ -1,0 +1,34 @@
+"""The hub in one object: database, artifact store and registry, opened from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.database import Database, open_database
+from adapters.registry import Registry
+from adapters.settings import Settings
+from adapters.store import ArtifactStore
+from adapters.validation import Limits
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    database: Database
+    store: ArtifactStore
+    registry: Registry
+
+    @classmethod
+    def open(cls, settings: Settings) -> Hub:
+        """Connect to the database (migrating it) and the store."""
+        database = open_database(settings.database)
+        store = ArtifactStore(settings.artifacts_dir)
+        limits = Limits(
+            max_rank=settings.max_lora_rank,
+            max_bytes=settings.max_adapter_bytes,
+            max_files=settings.max_adapter_files,
+        )
+        return cls(settings, database, store, Registry(database, store, limits))
+
+    def close(self) -> None:
+        self.database.dispose()

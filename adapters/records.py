@@ -1,0 +1,107 @@
+"""Read-only views of hub records: what the registry returns, the ops API sends and the CLI prints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.tables import AdapterVersion, Alias
+
+
+class SourceView(BaseModel):
+    kind: str
+    uri: str
+
+
+class VersionView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: int
+    lora_id: int = Field(description="The stable integer id the engine knows this version by.")
+    status: str
+    sha256: str
+    size_bytes: int
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    base_fingerprint: dict[str, Any]
+    base_fingerprint_sha256: str
+    source: SourceView
+    created_at: datetime
+    created_by: str
+    metadata: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def of(cls, row: AdapterVersion, name: str) -> VersionView:
+        return cls(
+            name=name,
+            version=row.version,
+            lora_id=row.id,
+            status=row.status,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            rank=row.rank,
+            alpha=row.alpha,
+            target_modules=list(row.target_modules),
+            base_fingerprint=dict(row.base_fingerprint),
+            base_fingerprint_sha256=row.base_fingerprint_sha256,
+            source=SourceView(kind=row.source_kind, uri=row.source_uri),
+            created_at=row.created_at,
+            created_by=row.created_by,
+            metadata=dict(row.meta or {}),
+        )
+
+
+class AliasTarget(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: int = Field(ge=1)
+    weight: float = Field(default=1.0, gt=0)
+
+
+class AliasView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    targets: list[AliasTarget]
+    updated_at: datetime
+    updated_by: str
+
+    @classmethod
+    def of(cls, row: Alias) -> AliasView:
+        return cls(
+            name=row.name,
+            targets=[AliasTarget(**target) for target in row.targets],
+            updated_at=row.updated_at,
+            updated_by=row.updated_by,
+        )
+
+
+class AdapterView(BaseModel):
+    name: str
+    created_at: datetime
+    created_by: str
+    versions: list[VersionView]
+    aliases: list[AliasView]
+
+    @property
+    def active_versions(self) -> list[VersionView]:
+        return [version for version in self.versions if version.status == "active"]
+
+
+class ApiKeyView(BaseModel):
+    id: int
+    prefix: str
+    scope: str
+    tenant: str
+    adapters: list[str] | None
+    description: str
+    created_at: datetime
+    revoked_at: datetime | None

@@ -1,0 +1,66 @@
+"""API-key authentication and scopes for every route.
+
+Keys arrive as `Authorization: Bearer <key>` (what the openai client sends). A loopback-only server may run
+without keys (the demo); any other bind address requires them (enforced by Settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from adapters.keys import ANONYMOUS_ADMIN, Principal, authenticate, hash_key
+from server.errors import AuthenticationError, PermissionDeniedError
+from server.state import ServerState, get_state
+
+KEY_CACHE_S = 10.0
+
+
+class KeyCache:
+    """Recently seen keys, so a request costs no database round trip; revocations apply within KEY_CACHE_S."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Principal | None, float]] = {}
+
+    def get(self, key_hash: str) -> tuple[bool, Principal | None]:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return False, None
+        return True, entry[0]
+
+    def put(self, key_hash: str, principal: Principal | None) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + KEY_CACHE_S)
+
+
+async def get_principal(request: Request, state: Annotated[ServerState, Depends(get_state)]) -> Principal:
+    if not state.settings.auth_required:
+        return ANONYMOUS_ADMIN
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthenticationError("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    key = key.strip()
+    key_hash = hash_key(key)
+    known, principal = state.key_cache.get(key_hash)
+    if not known:
+        bootstrap = state.settings.admin_key.get_secret_value() if state.settings.admin_key else None
+        principal = await asyncio.to_thread(authenticate, state.hub.database, key, bootstrap)
+        state.key_cache.put(key_hash, principal)
+    if principal is None:
+        raise AuthenticationError("Incorrect API key provided.")
+    return principal
+
+
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDeniedError("This operation needs an admin key.")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(require_admin)]

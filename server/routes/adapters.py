@@ -1,0 +1,168 @@
+"""The ops API of the hub: register adapters, read them, move aliases, retire versions."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field, model_validator
+from starlette.background import BackgroundTask
+
+from adapters.errors import NotFoundError
+from adapters.keys import Principal
+from adapters.records import AdapterView, AliasTarget, AliasView, VersionView
+from server.auth import Admin, Caller
+from server.errors import PermissionDeniedError
+from server.serving.registration import RegisterFromSource, register_from_request
+from server.state import ServerState, State
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+REGISTER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "file"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+                        "metadata": {"type": "string", "description": "a JSON object"},
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "adapter_config.json + adapter_model.safetensors, or one .zip/.tar.gz",
+                        },
+                    },
+                }
+            },
+            "application/json": {"schema": RegisterFromSource.model_json_schema()},
+        },
+    }
+}
+
+
+class AdapterList(BaseModel):
+    object: str = "list"
+    data: list[AdapterView]
+
+
+class AliasUpdate(BaseModel):
+    """Point an alias at one `version`, or split it over `targets` by weight."""
+
+    version: int | None = Field(default=None, ge=1)
+    targets: list[AliasTarget] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AliasUpdate:
+        if (self.version is None) == (self.targets is None):
+            raise ValueError("give either 'version' or 'targets'")
+        return self
+
+    def resolved_targets(self) -> list[AliasTarget]:
+        return self.targets if self.targets is not None else [AliasTarget(version=self.version or 0)]
+
+
+def _visible(caller: Principal, name: str) -> None:
+    if not caller.may_use(name):
+        raise PermissionDeniedError(f"This API key may not see adapter {name!r}.")
+
+
+async def _unload_retired(state: ServerState) -> None:
+    """Drop retired versions from this replica's engine now; other replicas' sweeps follow within seconds."""
+    state.resolver.invalidate()
+    if state.adapters is not None:
+        await state.adapters.drop_retired(state.hub.registry)
+
+
+@router.post("", status_code=201, openapi_extra=REGISTER_BODY)
+async def register_adapter(request: Request, state: State, caller: Admin) -> VersionView:
+    """Register a new version: upload files or an archive (multipart), or name a source (JSON)."""
+    return await register_from_request(state, request, caller)
+
+
+@router.get("")
+async def list_adapters(state: State, caller: Caller) -> AdapterList:
+    """Every adapter this key may see, with versions and aliases."""
+    only = None if caller.is_admin or caller.adapters is None else set(caller.adapters)
+    return AdapterList(data=await asyncio.to_thread(state.hub.registry.list_adapters, only))
+
+
+@router.get("/{name}")
+async def get_adapter(name: str, state: State, caller: Caller) -> AdapterView:
+    _visible(caller, name)
+    return await asyncio.to_thread(state.hub.registry.get_adapter, name)
+
+
+@router.get("/{name}/versions/{version}")
+async def get_version(name: str, version: int, state: State, caller: Caller) -> VersionView:
+    _visible(caller, name)
+    return await asyncio.to_thread(state.hub.registry.get_version, name, version)
+
+
+@router.get(
+    "/{name}/versions/{version}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the version's files as a .tar.gz"}},
+)
+async def download_version(name: str, version: int, state: State, caller: Caller) -> FileResponse:
+    """The version's files (adapter_config.json, adapter_model.safetensors, ...) as one .tar.gz."""
+    _visible(caller, name)
+    view = await asyncio.to_thread(state.hub.registry.get_version, name, version)
+    folder = state.hub.store.path(view.sha256)
+    if not folder.is_dir():
+        raise NotFoundError(f"the files of {view.ref} were purged")
+    archive = await asyncio.to_thread(_tar_gz, folder, state.hub.store.staging())
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{name}-v{version}.tar.gz",
+        background=BackgroundTask(shutil.rmtree, archive.parent, ignore_errors=True),
+    )
+
+
+def _tar_gz(folder: Path, scratch: Path) -> Path:
+    archive = scratch / "adapter.tar.gz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                bundle.add(path, arcname=path.relative_to(folder).as_posix())
+    return archive
+
+
+@router.put("/{name}/aliases/{alias}")
+async def set_alias(name: str, alias: str, update: AliasUpdate, state: State, caller: Admin) -> AliasView:
+    """Move an alias atomically; the next requests for `NAME:ALIAS` (and `NAME` for `prod`) follow it."""
+    view = await asyncio.to_thread(
+        state.hub.registry.set_alias, name, alias, update.resolved_targets(), updated_by=caller.label
+    )
+    state.resolver.invalidate()
+    return view
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204)
+async def delete_alias(name: str, alias: str, state: State, caller: Admin) -> Response:
+    await asyncio.to_thread(state.hub.registry.delete_alias, name, alias)
+    state.resolver.invalidate()
+    return Response(status_code=204)
+
+
+@router.delete("/{name}/versions/{version}")
+async def retire_version(
+    name: str,
+    version: int,
+    state: State,
+    caller: Admin,
+    purge: Annotated[bool, Query(description="Also delete the files once nothing references them.")] = False,
+) -> VersionView:
+    """Deprecate a version (new requests get 410; in-flight ones finish), or purge it with its files."""
+    registry = state.hub.registry
+    view = await asyncio.to_thread(registry.purge if purge else registry.deprecate, name, version)
+    await _unload_retired(state)
+    return view
