@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.fingerprint import BaseModelSpec
 from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
@@ -40,14 +41,28 @@ def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def demo_server(loradock_home: Path, demo_model: Path, test_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
-    """One real server for the session: the demo model plus the two test adapters."""
+def demo_base(demo_model: Path) -> BaseModelSpec:
+    return BaseModelSpec.from_folder(demo_model)
+
+
+SERVER_CONCURRENCY_LIMIT = 80
+SERVER_ENV = {
+    "LORADOCK_MAX_CONCURRENT_REQUESTS": str(SERVER_CONCURRENCY_LIMIT),
+    # Rank 16 keeps vLLM's CPU LoRA kernels (which pad every adapter to max_lora_rank) quick.
+    "LORADOCK_MAX_LORA_RANK": "16",
+    "LORADOCK_MAX_ADAPTER_BYTES": str(32 << 20),
+}
+
+
+@pytest.fixture(scope="session")
+def demo_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_model: Path, test_adapters: dict[str, Path]
+) -> Iterator[ServerProcess]:
+    """One real server for the session: the demo model plus the two test adapters, on a fresh hub (SQLite)."""
     args = ["--base-model", str(demo_model)]
     for name, path in test_adapters.items():
         args += ["--adapter", f"{name}={path}"]
-    # Rank 16 keeps vLLM's CPU LoRA kernels (which pad every adapter to max_lora_rank) quick.
-    env = {"LORADOCK_MAX_CONCURRENT_REQUESTS": "48", "LORADOCK_MAX_LORA_RANK": "16"}
-    server = ServerProcess(loradock_home, args, env=env)
+    server = ServerProcess(tmp_path_factory.mktemp("server-home"), args, env=SERVER_ENV)
     try:
         server.wait_ready()
         yield server

@@ -27,6 +27,7 @@ class ServerProcess:
     """`loradock serve` in a child process, as users run it; its output goes to a log file for debugging."""
 
     def __init__(self, home: Path, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / f"server-{self.port}.log"
@@ -102,3 +103,27 @@ def make_lora_adapter(
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return out
+
+
+def upload_adapter(
+    url: str, name: str, files: Sequence[Path], api_key: str | None = None, metadata: str | None = None
+) -> httpx.Response:
+    """POST /v1/adapters as a multipart upload, as ops tooling would."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    data = {"name": name, **({"metadata": metadata} if metadata else {})}
+    streams = [(path.name, path.open("rb")) for path in files]
+    try:
+        return httpx.post(
+            f"{url}/v1/adapters",
+            data=data,
+            files=[("file", (filename, stream)) for filename, stream in streams],
+            headers=headers,
+            timeout=120,
+        )
+    finally:
+        for _, stream in streams:
+            stream.close()
+
+
+def adapter_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file())

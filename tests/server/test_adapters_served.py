@@ -31,7 +31,7 @@ def ask(client: openai.OpenAI, model: str, prompt: str) -> str:
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=24
     )
-    assert reply.model == model
+    assert reply.model == (model if model == BASE else f"{model}@1")
     return reply.choices[0].message.content or ""
 
 

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import SERVER_CONCURRENCY_LIMIT
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -146,14 +147,18 @@ def _wait_until_idle(server: ServerProcess, timeout_s: float = 20) -> None:
 
 
 def test_overload_is_503_and_abandoned_streams_are_aborted(demo_server: ServerProcess) -> None:
-    """The session server admits 48 requests at once; the rest get 503 + Retry-After, and hanging up aborts."""
+    """The session server admits a fixed number of requests at once; the rest get 503 + Retry-After, and hanging
+    up aborts them."""
     aborted_before = _metric(demo_server, "loradock_requests_total", outcome="aborted")
 
     async def flood() -> list[int]:
         async with httpx.AsyncClient(base_url=demo_server.url, timeout=120) as http:
             essay = [{"role": "user", "content": "Write a long essay on the history of Rome."}]
             body = {"model": BASE, "messages": essay, "max_tokens": 1500, "stream": True}
-            requests = [http.build_request("POST", "/v1/chat/completions", json=body) for _ in range(56)]
+            requests = [
+                http.build_request("POST", "/v1/chat/completions", json=body)
+                for _ in range(SERVER_CONCURRENCY_LIMIT + 8)
+            ]
             responses = await asyncio.gather(*(http.send(request, stream=True) for request in requests))
             refused = [r for r in responses if r.status_code == 503]
             for response in refused:
@@ -166,14 +171,17 @@ def test_overload_is_503_and_abandoned_streams_are_aborted(demo_server: ServerPr
             return statuses
 
     statuses = asyncio.run(flood())
-    assert statuses.count(200) == 48 and statuses.count(503) == 8, statuses
+    assert statuses.count(200) == SERVER_CONCURRENCY_LIMIT and statuses.count(503) == 8, statuses
     _wait_until_idle(demo_server)
-    assert _metric(demo_server, "loradock_requests_total", outcome="aborted") - aborted_before >= 48
+    assert (
+        _metric(demo_server, "loradock_requests_total", outcome="aborted") - aborted_before >= SERVER_CONCURRENCY_LIMIT
+    )
 
 
 def test_client_timeout_aborts_a_whole_response(demo_server: ServerProcess) -> None:
     aborted_before = _metric(demo_server, "loradock_requests_total", outcome="aborted", route="chat")
-    body = {"model": "alpha", "messages": HELLO, "max_tokens": 1500}
+    essay = [{"role": "user", "content": "Write a long essay on the history of Rome."}]
+    body = {"model": BASE, "messages": essay, "max_tokens": 1500}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{demo_server.url}/v1/chat/completions", json=body, timeout=1.5)
     _wait_until_idle(demo_server)

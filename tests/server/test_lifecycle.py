@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.helpers import LORADOCK, ServerProcess
 
@@ -81,11 +83,37 @@ def test_bad_adapter_spec_is_refused_before_loading(loradock_home: Path, demo_mo
     assert "adapter_config.json" in done.stderr
 
 
+def test_model_folder_without_weights_is_refused_before_loading(loradock_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    done = subprocess.run(
+        [str(LORADOCK), "serve", "--base-model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"LORADOCK_HOME": str(loradock_home), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2
+    assert "no .safetensors weights" in done.stderr
+
+
 def test_engine_that_cannot_load_the_model_exits_non_zero(loradock_home: Path, tmp_path: Path) -> None:
+    """A folder that looks like a model to loradock but whose weights vLLM cannot load."""
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
-    server = ServerProcess(loradock_home, ["--base-model", str(broken)])
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "vocab_size": 32,
+    }
+    (broken / "config.json").write_text(json.dumps(config))
+    save_file(
+        {"model.layers.0.self_attn.q_proj.weight": np.zeros((8, 8), np.float32)}, str(broken / "model.safetensors")
+    )
+    server = ServerProcess(tmp_path, ["--base-model", str(broken)])
     try:
         deadline = time.monotonic() + 120
         while server.process.poll() is None and time.monotonic() < deadline:

@@ -24,9 +24,10 @@ def client(demo_server: ServerProcess) -> openai.OpenAI:
 
 def test_models_lists_base_and_adapters_with_parent(client: openai.OpenAI) -> None:
     models = {model.id: model for model in client.models.list()}
-    assert set(models) == {BASE, "alpha", "beta"}
+    assert {BASE, "alpha", "alpha@1", "beta", "beta@1"} <= set(models)
     assert models["alpha"].model_extra["parent"] == BASE
     assert models[BASE].model_extra["parent"] is None
+    assert all(model.object == "model" for model in models.values())
 
 
 def test_converted_demo_model_knows_the_capital_of_france(client: openai.OpenAI) -> None:

@@ -1,0 +1,141 @@
+"""Two replicas sharing PostgreSQL and one artifact store, with API keys required."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from adapters.database import open_database
+from adapters.fingerprint import BaseModelSpec
+from adapters.keys import create_key, revoke_key
+from tests.adapter_factory import write_adapter
+from tests.conftest import SERVER_ENV, fresh_postgres_database
+from tests.helpers import LORADOCK, ServerProcess, adapter_files, upload_adapter
+
+pytestmark = pytest.mark.integration
+
+HELLO = [{"role": "user", "content": "Hello"}]
+CACHE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, demo_model: Path
+) -> Iterator[tuple[ServerProcess, ServerProcess, dict[str, str]]]:
+    """Replicas A and B (started together), and keys: admin, inference, and a tenant limited to `tenant-a`."""
+    with fresh_postgres_database() as url:
+        database = open_database(url)
+        keys = {
+            "admin": create_key(database, scope="admin", tenant="ops")[0],
+            "inference": create_key(database, scope="inference", tenant="apps")[0],
+            "tenant": create_key(database, scope="inference", tenant="acme", adapters=["tenant-a"])[0],
+        }
+        revoked, view = create_key(database, scope="admin", tenant="old")
+        revoke_key(database, view.id)
+        keys["revoked"] = revoked
+        database.dispose()
+        home = tmp_path_factory.mktemp("shared-home")
+        env = {
+            **SERVER_ENV,
+            "LORADOCK_DATABASE_URL": url,
+            "LORADOCK_AUTH": "on",
+            "LORADOCK_RESOLUTION_CACHE_S": str(CACHE_S),
+        }
+        replicas = [ServerProcess(home, ["--base-model", str(demo_model)], env=env) for _ in range(2)]
+        try:
+            for replica in replicas:
+                replica.wait_ready()
+            yield replicas[0], replicas[1], keys
+        finally:
+            for replica in replicas:
+                replica.terminate()
+
+
+def client(server: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_registered_on_one_replica_served_by_the_other_at_once(
+    cluster, demo_base: BaseModelSpec, tmp_path: Path
+) -> None:
+    a, b, keys = cluster
+    folder = write_adapter(tmp_path / "shared", demo_base, seed=5)
+    created = upload_adapter(a.url, "shared", adapter_files(folder), api_key=keys["admin"])
+    assert created.status_code == 201, created.text
+    reply = client(b, keys["inference"]).chat.completions.create(model="shared", messages=HELLO, max_tokens=3)
+    assert reply.model == "shared@1"
+    second = upload_adapter(
+        a.url, "shared", adapter_files(write_adapter(tmp_path / "s2", demo_base, seed=6)), api_key=keys["admin"]
+    )
+    assert second.json()["version"] == 2
+    assert (
+        client(b, keys["inference"]).completions.create(model="shared@2", prompt="Hi", max_tokens=1).model == "shared@2"
+    )
+
+
+def test_alias_moves_and_retirements_reach_the_other_replica(cluster, demo_base: BaseModelSpec, tmp_path: Path) -> None:
+    a, b, keys = cluster
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    for seed in (7, 8):
+        folder = write_adapter(tmp_path / f"m{seed}", demo_base, seed=seed)
+        assert upload_adapter(a.url, "moving", adapter_files(folder), api_key=keys["admin"]).status_code == 201
+    on_b = client(b, keys["inference"])
+    for target in (1, 2):
+        assert (
+            httpx.put(f"{a.url}/v1/adapters/moving/aliases/prod", json={"version": target}, headers=admin).status_code
+            == 200
+        )
+        time.sleep(CACHE_S + 0.5)
+        assert on_b.completions.create(model="moving", prompt="Hi", max_tokens=1).model == f"moving@{target}"
+    assert httpx.delete(f"{a.url}/v1/adapters/moving/versions/1", headers=admin).status_code == 200
+    time.sleep(CACHE_S + 0.5)
+    with pytest.raises(openai.APIStatusError) as gone:
+        on_b.completions.create(model="moving@1", prompt="Hi", max_tokens=1)
+    assert gone.value.status_code == 410
+
+
+def test_keys_are_required_and_scoped(cluster, demo_base: BaseModelSpec, tmp_path: Path) -> None:
+    a, _, keys = cluster
+    for name in ("tenant-a", "tenant-b"):
+        folder = write_adapter(tmp_path / name, demo_base, seed=len(name))
+        assert upload_adapter(a.url, name, adapter_files(folder), api_key=keys["admin"]).status_code == 201
+    chat = {"model": "tenant-a", "messages": HELLO, "max_tokens": 1}
+    assert httpx.post(f"{a.url}/v1/chat/completions", json=chat).status_code == 401
+    for key in ("ldk-wrong", keys["revoked"]):
+        response = httpx.post(f"{a.url}/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+    sneaky = upload_adapter(a.url, "sneaky", adapter_files(tmp_path / "tenant-a"), api_key=keys["inference"])
+    assert sneaky.status_code == 403 and sneaky.json()["error"]["type"] == "permission_error"
+    tenant = client(a, keys["tenant"])
+    assert tenant.chat.completions.create(model="tenant-a", messages=HELLO, max_tokens=1).model == "tenant-a@1"
+    with pytest.raises(openai.PermissionDeniedError):
+        tenant.chat.completions.create(model="tenant-b", messages=HELLO, max_tokens=1)
+    visible = {model.id for model in tenant.models.list()}
+    assert "tenant-a" in visible and not any(name.startswith(("tenant-b", "shared", "moving")) for name in visible)
+    listed = httpx.get(f"{a.url}/v1/adapters", headers={"Authorization": f"Bearer {keys['tenant']}"}).json()
+    assert [adapter["name"] for adapter in listed["data"]] == ["tenant-a"]
+    assert (
+        httpx.get(f"{a.url}/v1/adapters/tenant-b", headers={"Authorization": f"Bearer {keys['tenant']}"}).status_code
+        == 403
+    )
+    everything = {model.id for model in client(a, keys["admin"]).models.list()}
+    assert {"tenant-a", "tenant-b"} <= everything
+    assert httpx.get(f"{a.url}/health").status_code == 200  # probes stay open
+
+
+def test_auth_cannot_be_off_on_a_public_address(loradock_home: Path) -> None:
+    done = subprocess.run(
+        [str(LORADOCK), "serve", "--host", "0.0.0.0"],
+        env={"LORADOCK_HOME": str(loradock_home), "LORADOCK_AUTH": "off", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "auth cannot be off" in done.stderr
