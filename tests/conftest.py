@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import pytest
 
 from adapters.fingerprint import BaseModelSpec
@@ -68,6 +69,12 @@ def demo_server(
         yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="session")
+def client(demo_server: ServerProcess) -> openai.OpenAI:
+    """The official OpenAI client pointed at the session server."""
+    return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="not-needed", max_retries=0, timeout=300)
 
 
 POSTGRES_SERVER = os.environ.get("LORADOCK_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,3 +128,27 @@ def upload_adapter(
 
 def adapter_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file())
+
+
+class BackgroundStream:
+    """A streamed chat completion read in a thread, so a test can act while it is in flight."""
+
+    def __init__(self, url: str, body: dict[str, object]) -> None:
+        self.events: list[str] = []
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, {**body, "stream": True}))
+        self._thread.start()
+
+    def _read(self, url: str, body: dict[str, object]) -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line:
+                    self.events.append(line)
+                    self._started.set()
+
+    def wait_started(self, timeout_s: float = 60) -> bool:
+        return self._started.wait(timeout_s)
+
+    def finish(self, timeout_s: float = 120) -> list[str]:
+        self._thread.join(timeout_s)
+        return self.events

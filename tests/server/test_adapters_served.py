@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.helpers import ServerProcess
-
 pytestmark = pytest.mark.integration
 
 BASE = "SmolLM2-135M-Instruct"
@@ -20,11 +18,6 @@ PROMPTS = [
     "How many legs does a spider have?",
     "Say hello in Spanish.",
 ]
-
-
-@pytest.fixture(scope="module")
-def client(demo_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="not-needed", max_retries=0, timeout=300)
 
 
 def ask(client: openai.OpenAI, model: str, prompt: str) -> str:

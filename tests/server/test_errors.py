@@ -20,11 +20,6 @@ BASE = "SmolLM2-135M-Instruct"
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
-@pytest.fixture(scope="module")
-def client(demo_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
-
-
 def assert_error_shape(body: dict, *, param: str | None = None, code: str | None = None) -> None:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}

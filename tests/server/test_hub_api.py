@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import os
 import subprocess
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,17 +18,12 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.tables import Base
 from tests.adapter_factory import write_adapter
 from tests.bad_adapters import build_corpus
-from tests.helpers import LORADOCK, ServerProcess, adapter_files, upload_adapter
+from tests.helpers import LORADOCK, BackgroundStream, ServerProcess, adapter_files, upload_adapter
 
 pytestmark = pytest.mark.integration
 
 BASE = "SmolLM2-135M-Instruct"
 HELLO = [{"role": "user", "content": "Hello"}]
-
-
-@pytest.fixture(scope="module")
-def client(demo_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +89,11 @@ def test_retired_versions_stop_serving_while_in_flight_requests_finish(
 ) -> None:
     v1 = register(demo_server, "retiring", made(41))
     register(demo_server, "retiring", made(42))
-    events: list[str] = []
-    started = threading.Event()
-
-    def stream() -> None:
-        body = {"model": "retiring@1", "messages": HELLO, "max_tokens": 60, "stream": True}
-        with httpx.stream("POST", f"{demo_server.url}/v1/chat/completions", json=body, timeout=120) as response:
-            for line in response.iter_lines():
-                if line:
-                    events.append(line)
-                    started.set()
-
-    reader = threading.Thread(target=stream)
-    reader.start()
-    assert started.wait(60)
+    stream = BackgroundStream(demo_server.url, {"model": "retiring@1", "messages": HELLO, "max_tokens": 60})
+    assert stream.wait_started()
     retired = httpx.delete(f"{demo_server.url}/v1/adapters/retiring/versions/1", timeout=30)
     assert retired.status_code == 200 and retired.json()["status"] == "deprecated"
-    reader.join(120)
+    events = stream.finish()
     assert events[-1] == "data: [DONE]"
     assert all('"error"' not in event for event in events)
     with pytest.raises(openai.APIStatusError) as gone:

@@ -5,49 +5,29 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.helpers import LORADOCK, ServerProcess
+from tests.helpers import LORADOCK, BackgroundStream, ServerProcess
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_drains_in_flight_streams_then_exits_cleanly(
-    loradock_home: Path, demo_model: Path, test_adapters: dict[str, Path]
+    tmp_path: Path, demo_model: Path, test_adapters: dict[str, Path]
 ) -> None:
-    server = ServerProcess(
-        loradock_home, ["--base-model", str(demo_model), "--adapter", f"alpha={test_adapters['alpha']}"]
-    )
+    server = ServerProcess(tmp_path, ["--base-model", str(demo_model), "--adapter", f"alpha={test_adapters['alpha']}"])
     try:
         server.wait_ready()
-        events: list[str] = []
-        first_chunk = threading.Event()
-
-        def read_stream() -> None:
-            body = {
-                "model": "alpha",
-                "messages": [{"role": "user", "content": "Tell me a long story."}],
-                "max_tokens": 64,
-                "stream": True,
-            }
-            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
-                for line in response.iter_lines():
-                    if line:
-                        events.append(line)
-                        first_chunk.set()
-
-        reader = threading.Thread(target=read_stream)
-        reader.start()
-        assert first_chunk.wait(60)
+        story = [{"role": "user", "content": "Tell me a long story."}]
+        stream = BackgroundStream(server.url, {"model": "alpha", "messages": story, "max_tokens": 64})
+        assert stream.wait_started()
         server.process.send_signal(signal.SIGTERM)
-        reader.join(120)
+        events = stream.finish()
         exit_code = server.process.wait(60)
     finally:
         server.terminate()

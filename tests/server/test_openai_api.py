@@ -17,11 +17,6 @@ BASE = "SmolLM2-135M-Instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def client(demo_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
-
-
 def test_models_lists_base_and_adapters_with_parent(client: openai.OpenAI) -> None:
     models = {model.id: model for model in client.models.list()}
     assert {BASE, "alpha", "alpha@1", "beta", "beta@1"} <= set(models)

@@ -57,7 +57,7 @@ def cluster(
                 replica.terminate()
 
 
-def client(server: ServerProcess, key: str) -> openai.OpenAI:
+def openai_client(server: ServerProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
 
 
@@ -68,15 +68,14 @@ def test_registered_on_one_replica_served_by_the_other_at_once(
     folder = write_adapter(tmp_path / "shared", demo_base, seed=5)
     created = upload_adapter(a.url, "shared", adapter_files(folder), api_key=keys["admin"])
     assert created.status_code == 201, created.text
-    reply = client(b, keys["inference"]).chat.completions.create(model="shared", messages=HELLO, max_tokens=3)
+    reply = openai_client(b, keys["inference"]).chat.completions.create(model="shared", messages=HELLO, max_tokens=3)
     assert reply.model == "shared@1"
     second = upload_adapter(
         a.url, "shared", adapter_files(write_adapter(tmp_path / "s2", demo_base, seed=6)), api_key=keys["admin"]
     )
     assert second.json()["version"] == 2
-    assert (
-        client(b, keys["inference"]).completions.create(model="shared@2", prompt="Hi", max_tokens=1).model == "shared@2"
-    )
+    on_b = openai_client(b, keys["inference"])
+    assert on_b.completions.create(model="shared@2", prompt="Hi", max_tokens=1).model == "shared@2"
 
 
 def test_alias_moves_and_retirements_reach_the_other_replica(cluster, demo_base: BaseModelSpec, tmp_path: Path) -> None:
@@ -85,7 +84,7 @@ def test_alias_moves_and_retirements_reach_the_other_replica(cluster, demo_base:
     for seed in (7, 8):
         folder = write_adapter(tmp_path / f"m{seed}", demo_base, seed=seed)
         assert upload_adapter(a.url, "moving", adapter_files(folder), api_key=keys["admin"]).status_code == 201
-    on_b = client(b, keys["inference"])
+    on_b = openai_client(b, keys["inference"])
     for target in (1, 2):
         assert (
             httpx.put(f"{a.url}/v1/adapters/moving/aliases/prod", json={"version": target}, headers=admin).status_code
@@ -112,7 +111,7 @@ def test_keys_are_required_and_scoped(cluster, demo_base: BaseModelSpec, tmp_pat
         assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
     sneaky = upload_adapter(a.url, "sneaky", adapter_files(tmp_path / "tenant-a"), api_key=keys["inference"])
     assert sneaky.status_code == 403 and sneaky.json()["error"]["type"] == "permission_error"
-    tenant = client(a, keys["tenant"])
+    tenant = openai_client(a, keys["tenant"])
     assert tenant.chat.completions.create(model="tenant-a", messages=HELLO, max_tokens=1).model == "tenant-a@1"
     with pytest.raises(openai.PermissionDeniedError):
         tenant.chat.completions.create(model="tenant-b", messages=HELLO, max_tokens=1)
@@ -124,7 +123,7 @@ def test_keys_are_required_and_scoped(cluster, demo_base: BaseModelSpec, tmp_pat
         httpx.get(f"{a.url}/v1/adapters/tenant-b", headers={"Authorization": f"Bearer {keys['tenant']}"}).status_code
         == 403
     )
-    everything = {model.id for model in client(a, keys["admin"]).models.list()}
+    everything = {model.id for model in openai_client(a, keys["admin"]).models.list()}
     assert {"tenant-a", "tenant-b"} <= everything
     assert httpx.get(f"{a.url}/health").status_code == 200  # probes stay open
 
