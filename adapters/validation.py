@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import InvalidAdapterError, TooLargeError
-from adapters.fingerprint import BaseModelSpec, describe_difference
+from adapters.fingerprint import BaseModelSpec, contract_mismatch, describe_difference
 from adapters.safetensors_io import find_non_finite, read_header
 
 CONFIG_FILE = "adapter_config.json"
@@ -198,4 +198,11 @@ def _check_manifest(path: Path, base: BaseModelSpec) -> dict[str, Any]:
             f"{MANIFEST_FILE}: the adapter was trained on another base model "
             f"({describe_difference(base.fingerprint, trained_on)})"
         )
+    contract = manifest.get("contract")
+    if isinstance(contract, dict):
+        mismatch = contract_mismatch(base.contract, contract)
+        if mismatch is not None:
+            raise InvalidAdapterError(
+                f"{MANIFEST_FILE}: {mismatch}; the adapter would see prompts laid out differently from training"
+            )
     return manifest

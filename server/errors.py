@@ -69,6 +69,13 @@ class PayloadTooLargeError(ApiError):
     code = "too_large"
 
 
+class IncompatibleModelError(ApiError):
+    """An adapter was trained with a chat template or tokenizer other than the served base's."""
+
+    status_code = 409
+    code = "model_incompatible"
+
+
 class ModelGoneError(ApiError):
     status_code = 410
     code = "model_deprecated"

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 
 from adapters.errors import GoneError, NotFoundError
-from adapters.fingerprint import BaseModelSpec
+from adapters.fingerprint import BaseModelSpec, contract_mismatch
 from adapters.keys import Principal
 from adapters.naming import parse_model_ref
 from adapters.records import VersionView
 from adapters.registry import Registry, Resolution
 from adapters.store import ArtifactStore
 from server.engine import LoraTarget
-from server.errors import ModelGoneError, ModelNotFoundError, PermissionDeniedError
+from server.errors import IncompatibleModelError, ModelGoneError, ModelNotFoundError, PermissionDeniedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,13 @@ class HubResolver:
             except GoneError as exc:
                 raise ModelGoneError(str(exc), param="model") from exc
             self._cache[model] = (resolution, time.monotonic() + self._cache_s)
-        return self.served(resolution.pick(user))
+        version = resolution.pick(user)
+        trained = version.metadata.get("manifest", {}).get("contract")
+        if isinstance(trained, dict):
+            mismatch = contract_mismatch(self.base_spec.contract, trained)
+            if mismatch is not None:
+                raise IncompatibleModelError(f"{version.ref} cannot be served over this base: {mismatch}.")
+        return self.served(version)
 
     def served(self, version: VersionView) -> ServedModel:
         target = LoraTarget(version.ref, version.lora_id, str(self._store.path(version.sha256)))

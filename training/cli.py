@@ -1,6 +1,8 @@
-"""`loradock models ...`: step 1 of the lifecycle, choosing (and fetching) a base model."""
+"""The training side of the `loradock` command: base models (step 1), `train` (steps 2-5), `eval` (step 5)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -43,6 +45,76 @@ def list_models() -> None:
     console.print(table)
 
 
+def train(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (see training/configs/)."),  # noqa: B008
+    data: str | None = typer.Option(None, help="Training data file (data.train_file)."),
+    base_model: str | None = typer.Option(None, help="Base model: folder, local name or Hugging Face id."),
+    output_dir: str | None = typer.Option(None, help="Run folder [default: $LORADOCK_HOME/runs/<run id>]."),
+    register_as: str | None = typer.Option(None, "--register", help="Register the adapter under this name."),
+    resume: bool = typer.Option(False, help="Continue the run in --output-dir from its last checkpoint."),
+    skip_if_registered: bool = typer.Option(
+        False, help="Do nothing when --register names an adapter that already has a version (for the demo)."
+    ),
+    set_: list[str] = typer.Option(  # noqa: B008 - Typer reads the default from here
+        [], "--set", help="Any setting as section.key=value, e.g. --set lora.r=32 --set epochs=2."
+    ),
+) -> None:
+    """Fine-tune a LoRA adapter (TRL SFT + peft), evaluate it against the base, and optionally register it."""
+    from adapters.errors import HubError
+    from training.config import ConfigError, load_config
+    from training.data.readers import DataError
+
+    settings = Settings()
+    try:
+        overrides = _parse_sets(set_)
+        flags = {
+            "data.train_file": data,
+            "base_model": base_model,
+            "output_dir": output_dir,
+            "register_as": register_as,
+        }
+        overrides |= {key: value for key, value in flags.items() if value is not None}
+        if resume and config is None and output_dir:
+            config = Path(output_dir) / "config.yaml"
+        train_config = load_config(config, overrides)
+        if not train_config.data.train_file:
+            raise ConfigError("no training data: pass --data FILE or set data.train_file in the config")
+        if skip_if_registered and train_config.register_as and _registered(settings, train_config.register_as):
+            console.print(f"{train_config.register_as} is already registered; not training again")
+            return
+        from training.sft import run_sft
+
+        result = run_sft(train_config, settings, console, resume=resume)
+    except (ConfigError, DataError, HubError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"adapter: {result.adapter_dir} ({result.steps} steps)")
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set takes section.key=value, got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _registered(settings: Settings, name: str) -> bool:
+    from adapters.errors import NotFoundError
+    from adapters.hub import Hub
+
+    hub = Hub.open(settings)
+    try:
+        return bool(hub.registry.get_adapter(name).active_versions)
+    except NotFoundError:
+        return False
+    finally:
+        hub.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add the training package's commands to the root `loradock` command."""
     app.add_typer(models_app, name="models")
+    app.command()(train)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 CATEGORIES = ("billing", "bug", "account", "shipping", "feature_request")
 PRIORITIES = ("low", "medium", "high", "urgent")
 SYSTEM_PROMPT = (
-    "Classify the support ticket. Reply with JSON only: "
-    '{"category": billing|bug|account|shipping|feature_request, "priority": low|medium|high|urgent}'
+    "Classify the ticket. Reply with JSON: category (billing, bug, account, shipping, feature_request), "
+    "priority (low, medium, high, urgent)."
 )
 
 _ISSUES = {
@@ -131,7 +132,7 @@ def answer(category: str, priority: str) -> str:
     return json.dumps({"category": category, "priority": priority})
 
 
-def generate(count: int, seed: int = 0) -> list[dict[str, object]]:
+def generate(count: int, seed: int = 0) -> list[dict[str, Any]]:
     """`count` chat examples in OpenAI's fine-tuning format."""
     rng = random.Random(seed)
     rows = []
@@ -149,7 +150,7 @@ def generate(count: int, seed: int = 0) -> list[dict[str, object]]:
     return rows
 
 
-def write_dataset(path: Path, count: int = 1200, seed: int = 0) -> Path:
+def write_dataset(path: Path, count: int = 1000, seed: int = 0) -> Path:
     """The demo dataset as JSONL (what `make demo` trains on)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as stream:
