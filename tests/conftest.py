@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from adapters.fingerprint import BaseModelSpec
-from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter
+from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter, make_tiny_model
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 
@@ -39,6 +39,12 @@ def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """Two random LoRA adapters over the demo model; each answers very differently from the base."""
     root = tmp_path_factory.mktemp("adapters")
     return {name: make_lora_adapter(demo_model, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(demo_model: Path, loradock_home: Path) -> Path:
+    """A 2-layer random Llama with the demo model's tokenizer: for training tests that must be quick."""
+    return make_tiny_model(demo_model, loradock_home / "models" / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +110,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with fresh_postgres_database() as url:
             yield url
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_model: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model)

@@ -152,3 +152,32 @@ class BackgroundStream:
     def finish(self, timeout_s: float = 120) -> list[str]:
         self._thread.join(timeout_s)
         return self.events
+
+
+def make_tiny_model(tokenizer_source: Path, out: Path, *, seed: int = 0) -> Path:
+    """A randomly initialized 2-layer Llama that reuses a real tokenizer and chat template (trains in seconds)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tokenizer_source / name, out / name)
+    return out

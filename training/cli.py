@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -91,13 +92,35 @@ def train(
     console.print(f"adapter: {result.adapter_dir} ({result.steps} steps)")
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, str]:
+def evaluate(
+    adapter: Path = typer.Argument(..., help="A run folder, or an adapter folder (adapter_config.json)."),  # noqa: B008
+    data: Path | None = typer.Option(None, help="Test data [default: the run's data/test.jsonl]."),  # noqa: B008
+    base_model: str | None = typer.Option(None, help="Base model [default: the run's, else LORADOCK_BASE_MODEL]."),
+    out: Path | None = typer.Option(None, help="Report folder [default: the run folder or the adapter folder]."),  # noqa: B008
+    max_new_tokens: int = typer.Option(128, help="Longest generated answer."),
+) -> None:
+    """Evaluate an adapter against its base on held-out data (task metrics, loss, forgetting), with a report."""
+    from training.data.readers import DataError
+    from training.evaluation_run import EvaluationError, evaluate_folder
+
+    try:
+        report = evaluate_folder(adapter, data, base_model, out, max_new_tokens, Settings(), console)
+    except (DataError, EvaluationError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"report: {report}")
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs, each value read as YAML (numbers, true/false, null, [lists]) like the config file."""
+    import yaml
+
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--set takes section.key=value, got {pair!r}")
-        overrides[key.strip()] = value
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return overrides
 
 
@@ -118,3 +141,4 @@ def register(app: typer.Typer) -> None:
     """Add the training package's commands to the root `loradock` command."""
     app.add_typer(models_app, name="models")
     app.command()(train)
+    app.command("eval")(evaluate)

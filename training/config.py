@@ -70,6 +70,8 @@ class TrainConfig(BaseModel):
     """Gradient clipping norm."""
     bf16: bool | None = None
     """bfloat16 autocast; unset: on where the hardware has it."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for large models, about 30 % slower."""
     packing: bool = False
     """Pack several short examples into one sequence (faster on short data)."""
     eval_every: int = Field(default=50, ge=1)

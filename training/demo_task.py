@@ -157,3 +157,26 @@ def write_dataset(path: Path, count: int = 1000, seed: int = 0) -> Path:
         for row in generate(count, seed):
             stream.write(json.dumps(row) + "\n")
     return path
+
+
+DEMO_TICKET = "Hi, I was charged twice for my Pro subscription this month. Please fix it today, this is urgent!"
+
+
+def example_requests(models: tuple[str, ...] = ("SmolLM2-135M-Instruct", "support-tickets")) -> str:
+    """curl commands asking the base and the demo adapter the same ticket (what `make demo` prints)."""
+    lines = []
+    for model in models:
+        body = {
+            "model": model,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": DEMO_TICKET}],
+            "temperature": 0,
+        }
+        lines.append(
+            "curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            f"  -d '{json.dumps(body)}'"
+        )
+    return "\n\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(example_requests())  # noqa: T201 - `make demo` prints these for the user

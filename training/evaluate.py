@@ -113,7 +113,8 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
     import torch
 
     total, tokens = 0.0, 0
-    with torch.inference_mode():
+    # bf16 autocast halves the time on CPUs with native bf16; the loss itself is summed in fp32.
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=native_bf16()):
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
             width = max(len(item.input_ids) for item in batch)
@@ -132,6 +133,16 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
             total += float(losses)
             tokens += int((targets != IGNORE).sum())
     return total / max(tokens, 1)
+
+
+def native_bf16() -> bool:
+    """Whether the hardware computes bfloat16 natively (CUDA, or CPUs with AVX-512 BF16 or AMX)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def probe_texts() -> list[str]:

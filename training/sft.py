@@ -28,6 +28,7 @@ from adapters.settings import Settings
 from training.config import ConfigError, TrainConfig
 from training.data.prepare import DataReport, PreparedData, prepare_data
 from training.data.tokenize import Encoded, check_stop_token, encode, render_sample
+from training.evaluate import evaluate_adapter, native_bf16
 from training.model_card import write_manifest, write_model_card
 from training.report import write_eval_report
 
@@ -85,8 +86,6 @@ def run_sft(config: TrainConfig, settings: Settings, console: Console, *, resume
     # --- evaluate ------------------------------------------------------------------------------------------
     evaluation = None
     if config.evaluate and prepared.splits["test"]:
-        from training.evaluate import evaluate_adapter
-
         console.print("[bold]evaluating[/bold] base and tuned on the test split (vLLM engine)")
         result = evaluate_adapter(
             str(base_folder),
@@ -146,14 +145,7 @@ def _run_dir(config: TrainConfig, settings: Settings, resume: bool) -> Path:
 
 def _bf16(config: TrainConfig) -> bool:
     """bfloat16 autocast where the hardware computes it natively (CUDA, or CPUs with AVX-512 BF16 / AMX)."""
-    if config.bf16 is not None:
-        return config.bf16
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return native_bf16() if config.bf16 is None else config.bf16
 
 
 def _trainer(
@@ -167,7 +159,7 @@ def _trainer(
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, EarlyStoppingCallback
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.callbacks import RichProgressCallback
 
@@ -197,6 +189,7 @@ def _trainer(
         use_cpu=not torch.cuda.is_available(),
         max_length=config.data.max_seq_len,
         packing=config.packing,
+        gradient_checkpointing=config.gradient_checkpointing,
         eval_strategy="steps" if validating else "no",
         eval_steps=config.eval_every,
         save_strategy="steps",
@@ -225,7 +218,7 @@ def _trainer(
     callbacks: list[Any] = [RichProgressCallback(), MetricsLog(run_dir / "metrics.jsonl")]
     if patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset(train),
@@ -234,6 +227,8 @@ def _trainer(
         peft_config=lora,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # the Rich panel and metrics.jsonl already show every log
+    return trainer
 
 
 def _register(

@@ -153,8 +153,9 @@ def _load_all(
             raise DataError(f"{path}: no readable rows ({reasons})" if reasons else f"{path}: no rows")
         shape = shape or detect_shape(rows)
         examples, wrong = to_examples(rows, shape, settings.system_prompt)
+        rows_read = len(rows) + len(refused)
         refused = sorted(refused + wrong, key=lambda refusal: refusal.line)
-        files.append(FileReport(str(path), _file_sha256(path), len(rows) + len(refused), refused))
+        files.append(FileReport(str(path), _file_sha256(path), rows_read, refused))
         loaded[split] = examples
     assert shape is not None
     return loaded, files, shape
@@ -188,8 +189,8 @@ def _clean(
     """Drop empty and over-long examples; return the rest with their token lengths."""
     kept, lengths = [], []
     for example in examples:
-        if not example.answer.strip() and not (example.text or "").strip():
-            report.empty += 1
+        if not (example.prompt.strip() and (example.answer.strip() or not example.is_chat)):
+            report.empty += 1  # nothing to learn from: no input, or (for chats) no answer
             continue
         length = len(encode(tokenizer, example).input_ids)
         if length > settings.max_seq_len:

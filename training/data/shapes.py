@@ -131,6 +131,8 @@ def _convert(row: Row, shape: Shape, system_prompt: str | None) -> Example:
 
 
 def _messages(value: Any, system_prompt: str | None) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        raise _Refused("missing field 'messages'")
     if not isinstance(value, list) or not value:
         raise _Refused("'messages' must be a non-empty list")
     turns = []
