@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
     """Evaluate base and tuned models on the test split at the end of the run."""
     eval_max_new_tokens: int = Field(default=128, ge=1)
     """Longest answer generated during evaluation."""
+    init_from: str | None = None
+    """Continue from an existing adapter instead of fresh LoRA weights: a registered NAME@VERSION, or an adapter
+    folder. Its own LoRA settings (rank, targets) then apply, and the version is recorded as the parent."""
     register_as: str | None = None
     """Register the adapter in the hub under this name when the run succeeds."""
 

@@ -68,8 +68,12 @@ def run_sft(config: TrainConfig, settings: Settings, console: Console, *, resume
         check_stop_token(tokenizer, chat_sample)
         _show_sample(console, tokenizer, chat_sample)
 
+    parent, start_from = _starting_adapter(config, settings)
+    if config.tensorboard:
+        _require_tensorboard()
+
     # --- train ---------------------------------------------------------------------------------------------
-    trainer = _trainer(config, base_folder, tokenizer, train, validation, run_dir)
+    trainer = _trainer(config, base_folder, tokenizer, train, validation, run_dir, start_from)
     checkpoint = resume and any((run_dir / CHECKPOINTS).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if checkpoint else None)
     steps = trainer.state.global_step
@@ -93,7 +97,7 @@ def run_sft(config: TrainConfig, settings: Settings, console: Console, *, resume
             tokenizer,
             prepared.splits["test"],
             max_new_tokens=config.eval_max_new_tokens,
-            lora_rank=config.lora.r,
+            lora_rank=_trained_rank(adapter_dir),
         )
         evaluation = result.to_json()
         summary = {"adapter": config.register_as or run_dir.name, "base_model": config.base_model, "steps": steps}
@@ -111,7 +115,7 @@ def run_sft(config: TrainConfig, settings: Settings, console: Console, *, resume
     # --- register ------------------------------------------------------------------------------------------
     registered = None
     if config.register_as:
-        registered = _register(config.register_as, adapter_dir, base, settings, run_dir, prepared, evaluation)
+        registered = _register(config.register_as, adapter_dir, base, settings, run_dir, prepared, evaluation, parent)
         console.print(f"registered [bold]{registered.ref}[/bold] in the hub")
     record = {
         "run_id": run_dir.name,
@@ -120,6 +124,7 @@ def run_sft(config: TrainConfig, settings: Settings, console: Console, *, resume
         "steps": steps,
         "adapter": str(adapter_dir),
         "dataset_sha256": prepared.dataset_sha256,
+        "parent": parent,
         "registered": registered.ref if registered else None,
         "evaluation": evaluation,
     }
@@ -143,6 +148,42 @@ def _run_dir(config: TrainConfig, settings: Settings, resume: bool) -> Path:
     return run_dir
 
 
+def _starting_adapter(config: TrainConfig, settings: Settings) -> tuple[str | None, Path | None]:
+    """(parent reference for lineage, adapter folder to continue from) for `init_from`, or (None, None)."""
+    if not config.init_from:
+        return None, None
+    folder = Path(config.init_from).expanduser()
+    if folder.is_dir():
+        if not (folder / "adapter_config.json").is_file():
+            raise ConfigError(f"init_from: {folder} is not an adapter folder (no adapter_config.json)")
+        return str(folder.resolve()), folder
+    name, at, number = config.init_from.partition("@")
+    if not at or not number.isdigit():
+        raise ConfigError(f"init_from: {config.init_from!r} is neither an adapter folder nor NAME@VERSION")
+    from adapters.hub import Hub
+
+    hub = Hub.open(settings)
+    try:
+        version = hub.registry.get_version(name, int(number))
+        folder = hub.store.path(version.sha256)
+    finally:
+        hub.close()
+    if not folder.is_dir():
+        raise ConfigError(f"init_from: the files of {version.ref} were purged")
+    return version.ref, folder
+
+
+def _trained_rank(adapter_dir: Path) -> int:
+    return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
+
+
+def _require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from exc
+
+
 def _bf16(config: TrainConfig) -> bool:
     """bfloat16 autocast where the hardware computes it natively (CUDA, or CPUs with AVX-512 BF16 / AMX)."""
     return native_bf16() if config.bf16 is None else config.bf16
@@ -155,6 +196,7 @@ def _trainer(
     train: list[Encoded],
     validation: list[Encoded],
     run_dir: Path,
+    start_from: Path | None,
 ) -> Any:
     import torch
     from datasets import Dataset
@@ -205,16 +247,22 @@ def _trainer(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        use_dora=config.lora.use_dora,
-        use_rslora=config.lora.use_rslora,
-        task_type="CAUSAL_LM",
-    )
+    model: Any = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    lora: LoraConfig | None = None
+    if start_from is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
+    else:
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            use_dora=config.lora.use_dora,
+            use_rslora=config.lora.use_rslora,
+            task_type="CAUSAL_LM",
+        )
     callbacks: list[Any] = [RichProgressCallback(), MetricsLog(run_dir / "metrics.jsonl")]
     if patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
@@ -239,6 +287,7 @@ def _register(
     run_dir: Path,
     prepared: PreparedData,
     evaluation: dict[str, Any] | None,
+    parent: str | None,
 ) -> VersionView:
     from adapters.hub import Hub
     from adapters.sources import stage_source
@@ -251,6 +300,7 @@ def _register(
             "run_dir": str(run_dir),
             "dataset_sha256": prepared.dataset_sha256,
             "splits": prepared.report.splits,
+            "parent": parent,
         }
         if evaluation is not None:
             main = evaluation["main_metric"]

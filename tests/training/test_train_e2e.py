@@ -83,14 +83,38 @@ def test_data_file_to_registered_adapter_served_by_the_real_server(tiny_model: P
     assert version.source.kind == "training"
     assert version.metadata["run_id"] == run.name and version.metadata["dataset_sha256"] == record["dataset_sha256"]
     assert version.metadata["manifest"]["contract"]["eos_token"] == "<|im_end|>"
+    continued = tmp_path / "continued"
+    train(
+        home,
+        "--base-model",
+        str(tiny_model),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(continued),
+        "--register",
+        "tiny-tickets",
+        "--set",
+        "init_from=tiny-tickets@1",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "evaluate=false",
+        *QUICK,
+    )
+    hub = Hub.open(Settings(home=home))
+    second = hub.registry.get_version("tiny-tickets", 2)
+    hub.close()
+    assert second.metadata["parent"] == "tiny-tickets@1"
     server = ServerProcess(home, ["--base-model", str(tiny_model)])
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        reply = client.chat.completions.create(
-            model="tiny-tickets", messages=[{"role": "user", "content": "My order #123 is late."}], max_tokens=8
-        )
-        assert reply.model == "tiny-tickets@1"
+        for model in ("tiny-tickets@1", "tiny-tickets"):
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "My order #123 is late."}], max_tokens=8
+            )
+            assert reply.model == ("tiny-tickets@1" if model.endswith("@1") else "tiny-tickets@2")
     finally:
         server.terminate()
 
