@@ -61,9 +61,9 @@ def train(
     ),
 ) -> None:
     """Fine-tune a LoRA adapter (TRL SFT + peft), evaluate it against the base, and optionally register it."""
+    from adapters.datafiles.readers import DataError
     from adapters.errors import HubError
     from training.config import ConfigError, load_config
-    from training.data.readers import DataError
 
     settings = Settings()
     try:
@@ -100,7 +100,7 @@ def evaluate(
     max_new_tokens: int = typer.Option(128, help="Longest generated answer."),
 ) -> None:
     """Evaluate an adapter against its base on held-out data (task metrics, loss, forgetting), with a report."""
-    from training.data.readers import DataError
+    from adapters.datafiles.readers import DataError
     from training.evaluation_run import EvaluationError, evaluate_folder
 
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.chat_template import render_chat
+from adapters.datafiles.shapes import Example
 from adapters.settings import SUPPORTED_LORA_RANKS
-from training.data.shapes import Example
 from training.data.tokenize import IGNORE, Encoded, encode
 from training.metrics import task_metrics
 

@@ -9,9 +9,9 @@ import yaml
 from rich.console import Console
 
 from adapters.base_models import local_model_folder, resolve_base_model
+from adapters.datafiles.readers import read_rows
+from adapters.datafiles.shapes import detect_shape, to_examples
 from adapters.settings import Settings
-from training.data.readers import read_rows
-from training.data.shapes import detect_shape, to_examples
 from training.evaluate import evaluate_adapter
 from training.report import write_eval_report
 

@@ -14,12 +14,12 @@ import openai
 import pytest
 from safetensors.numpy import load_file
 
+from adapters.datafiles.shapes import Example
 from adapters.hub import Hub
 from adapters.settings import Settings
 from server.prompts import PromptBuilder, chat_messages
 from server.protocol import ChatMessage
 from tests.helpers import LORADOCK, ServerProcess
-from training.data.shapes import Example
 from training.data.tokenize import IGNORE, encode
 from training.demo_task import write_dataset
 

@@ -20,8 +20,8 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.data.readers import DataError, Refusal, read_rows
-from training.data.shapes import Example, Shape, detect_shape, to_examples
+from adapters.datafiles.readers import DataError, Refusal, read_rows
+from adapters.datafiles.shapes import Example, Shape, detect_shape, to_examples
 from training.data.tokenize import encode
 
 SPLITS = ("train", "validation", "test")

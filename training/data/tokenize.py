@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.chat_template import render_chat
-from training.data.readers import DataError
-from training.data.shapes import Example
+from adapters.datafiles.readers import DataError
+from adapters.datafiles.shapes import Example
 
 IGNORE = -100
 

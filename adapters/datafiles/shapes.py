@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from training.data.readers import DataError, Refusal, Row
+from adapters.datafiles.readers import DataError, Refusal, Row
 
 Shape = Literal["messages", "prompt_completion", "instruction", "classification", "text"]
 SHAPES: tuple[Shape, ...] = ("messages", "prompt_completion", "instruction", "classification", "text")
