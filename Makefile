@@ -27,7 +27,9 @@ demo: install
 	@echo "Once the server says it is ready, ask the base and the tuned adapter the same thing:"
 	@$(BIN)/python -m training.demo_task
 	@echo
-	$(BIN)/loradock serve --base-model SmolLM2-135M-Instruct
+	@# A fine-tuning worker runs beside the server (POST /v1/fine_tuning/jobs) and stops with it.
+	$(BIN)/loradock worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/loradock serve --base-model SmolLM2-135M-Instruct
 
 test: install
 	$(BIN)/pytest -m "" --durations=15

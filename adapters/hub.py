@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.database import Database, open_database
+from adapters.fine_tuning import FineTuningStore
 from adapters.registry import Registry
 from adapters.settings import Settings
 from adapters.store import ArtifactStore
@@ -17,6 +18,7 @@ class Hub:
     database: Database
     store: ArtifactStore
     registry: Registry
+    fine_tuning: FineTuningStore
 
     @classmethod
     def open(cls, settings: Settings) -> Hub:
@@ -28,7 +30,8 @@ class Hub:
             max_bytes=settings.max_adapter_bytes,
             max_files=settings.max_adapter_files,
         )
-        return cls(settings, database, store, Registry(database, store, limits))
+        fine_tuning = FineTuningStore(database, settings.files_dir, settings.max_file_bytes)
+        return cls(settings, database, store, Registry(database, store, limits), fine_tuning)
 
     def close(self) -> None:
         self.database.dispose()

@@ -33,15 +33,17 @@ class VersionView(BaseModel):
     created_at: datetime
     created_by: str
     metadata: dict[str, Any]
+    owner: str | None = Field(default=None, description="The tenant that owns the adapter (None: ops-managed).")
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     @classmethod
-    def of(cls, row: AdapterVersion, name: str) -> VersionView:
+    def of(cls, row: AdapterVersion, name: str, owner: str | None = None) -> VersionView:
         return cls(
             name=name,
+            owner=owner,
             version=row.version,
             lora_id=row.id,
             status=row.status,
@@ -88,6 +90,7 @@ class AdapterView(BaseModel):
     name: str
     created_at: datetime
     created_by: str
+    owner: str | None = None
     versions: list[VersionView]
     aliases: list[AliasView]
 

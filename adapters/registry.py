@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,7 @@ class Registry:
         created_by: str,
         metadata: dict[str, Any] | None = None,
         reuse_identical: bool = False,
+        tenant: str | None = None,
     ) -> VersionView:
         """Validate, store and record a new version of `name` (v1 if the name is new). Consumes `staged`.
 
@@ -103,7 +104,7 @@ class Registry:
                 meta=details,
             )
             try:
-                return self._insert_version(name, fields, created_by)
+                return self._insert_version(name, fields, created_by, tenant)
             except BaseException:
                 if stored.created:
                     self._remove_unreferenced(stored.sha256)
@@ -118,29 +119,31 @@ class Registry:
             newest = max(active, key=lambda row: row.version, default=None)
             return VersionView.of(newest, name) if newest is not None and newest.sha256 == sha256 else None
 
-    def _insert_version(self, name: str, fields: dict[str, Any], created_by: str) -> VersionView:
+    def _insert_version(self, name: str, fields: dict[str, Any], created_by: str, tenant: str | None) -> VersionView:
         last_error: IntegrityError | None = None
         for _ in range(REGISTRATION_ATTEMPTS):
             try:
                 with self.db.session() as session:
-                    adapter = self._locked_adapter(session, name, created_by)
+                    adapter = self._locked_adapter(session, name, created_by, tenant)
                     latest = session.scalar(
                         select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id)
                     )
                     row = AdapterVersion(**fields, adapter_id=adapter.id, version=(latest or 0) + 1)
                     session.add(row)
                     session.flush()
-                    return VersionView.of(row, name)
+                    return VersionView.of(row, name, adapter.tenant)
             except IntegrityError as exc:  # a concurrent registration took the name's first row or the number
                 last_error = exc
         raise ConflictError(f"could not register {name}: concurrent registrations kept colliding") from last_error
 
-    def _locked_adapter(self, session: Session, name: str, created_by: str) -> Adapter:
+    def _locked_adapter(self, session: Session, name: str, created_by: str, tenant: str | None) -> Adapter:
         """The adapter's row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite: BEGIN IMMEDIATE)."""
         adapter = session.scalar(select(Adapter).where(Adapter.name == name).with_for_update())
         if adapter is not None:
+            if tenant is not None and adapter.tenant not in (None, tenant):
+                raise ConflictError(f"adapter name {name!r} belongs to another tenant")
             return adapter
-        adapter = Adapter(name=name, created_by=created_by)
+        adapter = Adapter(name=name, created_by=created_by, tenant=tenant)
         with session.begin_nested():
             session.add(adapter)
         return adapter
@@ -151,11 +154,12 @@ class Registry:
         with self.db.read() as session:
             return _view(self._adapter(session, name))
 
-    def list_adapters(self, only: set[str] | None = None) -> list[AdapterView]:
+    def list_adapters(self, only: set[str] | None = None, tenant: str | None = None) -> list[AdapterView]:
+        """Every adapter, or (when `only` is given) those named in it plus those `tenant` owns."""
         with self.db.read() as session:
             query = select(Adapter).order_by(Adapter.name)
             if only is not None:
-                query = query.where(Adapter.name.in_(only))
+                query = query.where(or_(Adapter.name.in_(only), Adapter.tenant == tenant))
             return [_view(adapter) for adapter in session.scalars(query)]
 
     def get_version(self, name: str, version: int) -> VersionView:
@@ -200,10 +204,10 @@ class Registry:
             )
             return Resolution(ref, views)
 
-    def servable_names(self, only: set[str] | None = None) -> list[tuple[str, VersionView]]:
+    def servable_names(self, only: set[str] | None = None, tenant: str | None = None) -> list[tuple[str, VersionView]]:
         """Every model string that resolves, with the version it names (a split alias: its first target)."""
         names: list[tuple[str, VersionView]] = []
-        for adapter in self.list_adapters(only):
+        for adapter in self.list_adapters(only, tenant):
             active = {version.version: version for version in adapter.active_versions}
             if not active:
                 continue
@@ -328,6 +332,7 @@ def _view(adapter: Adapter) -> AdapterView:
         name=adapter.name,
         created_at=adapter.created_at,
         created_by=adapter.created_by,
-        versions=[VersionView.of(row, adapter.name) for row in adapter.versions],
+        owner=adapter.tenant,
+        versions=[VersionView.of(row, adapter.name, adapter.tenant) for row in adapter.versions],
         aliases=[AliasView.of(alias) for alias in adapter.aliases],
     )

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     # --- adapter limits -----------------------------------------------------------------------------------
     max_adapter_bytes: int = Field(default=2 << 30, ge=1, description="Largest adapter (unpacked) accepted.")
     max_adapter_files: int = Field(default=32, ge=1, description="Most files one adapter may hold.")
+    max_file_bytes: int = Field(default=512 << 20, ge=1, description="Largest dataset file /v1/files accepts.")
+
+    # --- fine-tuning worker -------------------------------------------------------------------------------
+    worker_poll_s: float = Field(default=2.0, gt=0, description="How often an idle worker looks for jobs.")
+    worker_stale_s: float = Field(
+        default=60.0, gt=0, description="A running job whose worker is silent this long is resumed by another."
+    )
+    worker_max_attempts: int = Field(default=3, ge=1, description="Worker losses a job survives before it fails.")
 
     @field_validator("home")
     @classmethod
@@ -119,6 +127,16 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """The content-addressed artifact store (adapters and exports)."""
         return self.home / "artifacts"
+
+    @property
+    def files_dir(self) -> Path:
+        """Uploaded dataset files (/v1/files)."""
+        return self.home / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Run folders of fine-tuning jobs."""
+        return self.home / "jobs"
 
     @property
     def database(self) -> str:

@@ -24,7 +24,7 @@ from server.auth import KeyCache
 from server.engine import start_engine
 from server.errors import install_error_handlers
 from server.resolution import HubResolver
-from server.routes import adapters, health, inference
+from server.routes import adapters, files, fine_tuning, health, inference
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def build_state(settings: Settings, static_adapters: dict[str, Path]) -> ServerS
         staged = stage_source(hub.store, str(path), hub.registry.limits)
         version = hub.registry.register(name, staged, base, created_by="loradock serve --adapter", reuse_identical=True)
         logger.info("adapter %s is %s", name, version.ref)
-    resolver = HubResolver(served_name, base, hub.registry, hub.store, settings.resolution_cache_s)
+    resolver = HubResolver(served_name, base, hub, settings.resolution_cache_s)
     return ServerState(settings=settings, model_path=model_path, hub=hub, resolver=resolver, key_cache=KeyCache())
 
 
@@ -80,6 +80,8 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(adapters.router)
+    app.include_router(files.router)
+    app.include_router(fine_tuning.router)
     return app
 
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 
 from adapters.errors import GoneError, NotFoundError
 from adapters.fingerprint import BaseModelSpec, contract_mismatch
+from adapters.hub import Hub
 from adapters.keys import Principal
-from adapters.naming import parse_model_ref
+from adapters.naming import ModelRef, parse_model_ref
 from adapters.records import VersionView
-from adapters.registry import Registry, Resolution
-from adapters.store import ArtifactStore
+from adapters.registry import Resolution
 from server.engine import LoraTarget
 from server.errors import IncompatibleModelError, ModelGoneError, ModelNotFoundError, PermissionDeniedError
+
+FINE_TUNED_PREFIX = "ft:"
+"""Models named by fine-tuning jobs (`ft:BASE:SUFFIX:JOB`), each standing for one hub version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +36,12 @@ class ServedModel:
 
 
 class HubResolver:
-    def __init__(
-        self,
-        base_name: str,
-        base: BaseModelSpec,
-        registry: Registry,
-        store: ArtifactStore,
-        cache_s: float,
-    ) -> None:
+    def __init__(self, base_name: str, base: BaseModelSpec, hub: Hub, cache_s: float) -> None:
         self.base = ServedModel(base_name, None)
         self.base_spec = base
-        self._registry = registry
-        self._store = store
+        self._registry = hub.registry
+        self._store = hub.store
+        self._fine_tuning = hub.fine_tuning
         self._cache_s = cache_s
         self._cache: dict[str, tuple[Resolution, float]] = {}
 
@@ -52,11 +49,29 @@ class HubResolver:
         """The model to serve, or 404 (unknown), 410 (deprecated) or 403 (another tenant's adapter)."""
         if model == self.base.name:
             return self.base
-        ref = parse_model_ref(model)
+        if model.startswith(FINE_TUNED_PREFIX):
+            ref_text = await asyncio.to_thread(self._fine_tuning.adapter_for, model)
+            ref = parse_model_ref(ref_text) if ref_text else None
+        else:
+            ref = parse_model_ref(model)
         if ref is None:
             raise ModelNotFoundError(model)
-        if not principal.may_use(ref.name):
+        try:
+            version = await self._resolve(model, ref, user)
+        except ModelNotFoundError:
+            if not principal.may_use(ref.name):  # a restricted key learns nothing about names outside its reach
+                raise PermissionDeniedError(f"This API key may not use the model `{model}`.") from None
+            raise
+        if not (principal.may_use(ref.name) or version.owner == principal.tenant):
             raise PermissionDeniedError(f"This API key may not use the model `{model}`.")
+        trained = version.metadata.get("manifest", {}).get("contract")
+        if isinstance(trained, dict):
+            mismatch = contract_mismatch(self.base_spec.contract, trained)
+            if mismatch is not None:
+                raise IncompatibleModelError(f"{version.ref} cannot be served over this base: {mismatch}.")
+        return self.served(version)
+
+    async def _resolve(self, model: str, ref: ModelRef, user: str | None) -> VersionView:
         cached = self._cache.get(model)
         if cached is not None and cached[1] > time.monotonic():
             resolution = cached[0]
@@ -68,13 +83,7 @@ class HubResolver:
             except GoneError as exc:
                 raise ModelGoneError(str(exc), param="model") from exc
             self._cache[model] = (resolution, time.monotonic() + self._cache_s)
-        version = resolution.pick(user)
-        trained = version.metadata.get("manifest", {}).get("contract")
-        if isinstance(trained, dict):
-            mismatch = contract_mismatch(self.base_spec.contract, trained)
-            if mismatch is not None:
-                raise IncompatibleModelError(f"{version.ref} cannot be served over this base: {mismatch}.")
-        return self.served(version)
+        return resolution.pick(user)
 
     def served(self, version: VersionView) -> ServedModel:
         target = LoraTarget(version.ref, version.lora_id, str(self._store.path(version.sha256)))
@@ -86,4 +95,4 @@ class HubResolver:
 
     async def servable(self, principal: Principal) -> list[tuple[str, VersionView]]:
         only = None if principal.is_admin or principal.adapters is None else set(principal.adapters)
-        return await asyncio.to_thread(self._registry.servable_names, only)
+        return await asyncio.to_thread(self._registry.servable_names, only, principal.tenant)

@@ -29,6 +29,7 @@ class ServerProcess:
 
     def __init__(self, home: Path, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.home = home
+        home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / f"server-{self.port}.log"

@@ -13,7 +13,7 @@ from adapters.base_models import list_local_models
 from adapters.settings import Settings
 
 models_app = typer.Typer(help="Base models: fetch the offline demo model, list what is here.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # errors stay on one line, also in logs a worker reads
 
 
 @models_app.command("fetch-demo")
@@ -52,6 +52,7 @@ def train(
     base_model: str | None = typer.Option(None, help="Base model: folder, local name or Hugging Face id."),
     output_dir: str | None = typer.Option(None, help="Run folder [default: $LORADOCK_HOME/runs/<run id>]."),
     register_as: str | None = typer.Option(None, "--register", help="Register the adapter under this name."),
+    method: str | None = typer.Option(None, help="supervised (default) or dpo (preference rows)."),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its last checkpoint."),
     skip_if_registered: bool = typer.Option(
         False, help="Do nothing when --register names an adapter that already has a version (for the demo)."
@@ -60,7 +61,7 @@ def train(
         [], "--set", help="Any setting as section.key=value, e.g. --set lora.r=32 --set epochs=2."
     ),
 ) -> None:
-    """Fine-tune a LoRA adapter (TRL SFT + peft), evaluate it against the base, and optionally register it."""
+    """Fine-tune a LoRA adapter (TRL SFT or DPO + peft), evaluate it against the base, and optionally register it."""
     from adapters.datafiles.readers import DataError
     from adapters.errors import HubError
     from training.config import ConfigError, load_config
@@ -83,9 +84,9 @@ def train(
         if skip_if_registered and train_config.register_as and _registered(settings, train_config.register_as):
             console.print(f"{train_config.register_as} is already registered; not training again")
             return
-        from training.sft import run_sft
+        from training.finetune import run_finetune
 
-        result = run_sft(train_config, settings, console, resume=resume)
+        result = run_finetune(train_config, settings, console, resume=resume)
     except (ConfigError, DataError, HubError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -109,6 +110,15 @@ def evaluate(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"report: {report}")
+
+
+def worker(
+    once: bool = typer.Option(False, help="Stop when no job is waiting instead of polling for more."),
+) -> None:
+    """Run queued fine-tuning jobs (POST /v1/fine_tuning/jobs) from the hub's database, one at a time."""
+    from training.worker import run_worker
+
+    run_worker(Settings(), console, once=once)
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -142,3 +152,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
     app.command()(train)
     app.command("eval")(evaluate)
+    app.command()(worker)

@@ -46,6 +46,10 @@ class TrainConfig(BaseModel):
 
     base_model: str = DEMO_MODEL_NAME
     """A local folder, a model under $LORADOCK_HOME/models, or a Hugging Face id."""
+    method: Literal["supervised", "dpo"] = "supervised"
+    """supervised: learn the answers (TRL SFT); dpo: learn to prefer chosen over rejected answers (TRL DPO)."""
+    dpo_beta: float = Field(default=0.1, gt=0)
+    """DPO only: how strongly the adapter may move away from the base (higher: closer to the base)."""
     data: DataSettings = Field(default_factory=DataSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     output_dir: str | None = None
@@ -97,6 +101,8 @@ class TrainConfig(BaseModel):
     folder. Its own LoRA settings (rank, targets) then apply, and the version is recorded as the parent."""
     register_as: str | None = None
     """Register the adapter in the hub under this name when the run succeeds."""
+    owner_tenant: str | None = None
+    """The tenant that will own the registered adapter (fine-tuning jobs set their tenant); unset: ops-managed."""
 
     @model_validator(mode="after")
     def _checkpoints_line_up_with_validation(self) -> TrainConfig:

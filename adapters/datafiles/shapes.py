@@ -5,6 +5,8 @@
 - `instruction`: {"instruction", "input" (optional), "output"} (Alpaca)
 - `classification`: {"text", "label"}, rendered as a chat whose answer is the label
 - `text`: {"text"}, plain text for continued pre-training on a domain (loss on every token)
+- `preference`: {"prompt", "chosen", "rejected"} (TRL), or OpenAI's DPO format {"input": {"messages"},
+  "preferred_output", "non_preferred_output"}; for DPO, and SFT trains on the chosen answer
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from typing import Any, Literal
 
 from adapters.datafiles.readers import DataError, Refusal, Row
 
-Shape = Literal["messages", "prompt_completion", "instruction", "classification", "text"]
-SHAPES: tuple[Shape, ...] = ("messages", "prompt_completion", "instruction", "classification", "text")
+Shape = Literal["messages", "preference", "prompt_completion", "instruction", "classification", "text"]
+SHAPES: tuple[Shape, ...] = ("messages", "preference", "prompt_completion", "instruction", "classification", "text")
 _REQUIRED: dict[Shape, tuple[str, ...]] = {
     "messages": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
     "classification": ("text", "label"),
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+OPENAI_DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Example:
     messages: tuple[tuple[str, str], ...] = ()
     text: str | None = None
     label: str | None = None
+    rejected: str | None = None
+    """For preference examples: the answer to prefer less (the last message holds the chosen one)."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -58,6 +64,8 @@ class Example:
 
     def to_record(self) -> dict[str, Any]:
         """The example as a JSONL record of the split files (OpenAI chat format, or text)."""
+        if self.rejected is not None:
+            return {"prompt": self.chat(with_answer=False), "chosen": self.answer, "rejected": self.rejected}
         record: dict[str, Any] = {"messages": self.chat()} if self.is_chat else {"text": self.text}
         if self.label is not None:
             record["label"] = self.label
@@ -69,7 +77,10 @@ def detect_shape(rows: list[Row]) -> Shape:
     votes: Counter[Shape] = Counter()
     for row in rows:
         for shape in SHAPES:  # most specific first: {"text", "label"} is classification, not text
-            if all(key in row.data for key in _REQUIRED[shape]):
+            keys = _REQUIRED[shape]
+            if all(key in row.data for key in keys) or (
+                shape == "preference" and all(key in row.data for key in OPENAI_DPO_KEYS)
+            ):
                 votes[shape] += 1
                 break
     if not votes:
@@ -117,6 +128,8 @@ def _convert(row: Row, shape: Shape, system_prompt: str | None) -> Example:
     data = row.data
     if shape == "messages":
         return Example(row.line, messages=_messages(data.get("messages"), system_prompt))
+    if shape == "preference":
+        return _preference(row, system_prompt)
     if shape == "prompt_completion":
         return Example(row.line, messages=_chat(system_prompt, _string(data, "prompt"), _string(data, "completion")))
     if shape == "instruction":
@@ -128,6 +141,33 @@ def _convert(row: Row, shape: Shape, system_prompt: str | None) -> Example:
         label = _string(data, "label", numbers=True).strip()
         return Example(row.line, messages=_chat(system_prompt, _string(data, "text"), label), label=label)
     return Example(row.line, text=_string(data, "text"))
+
+
+def _preference(row: Row, system_prompt: str | None) -> Example:
+    data = row.data
+    if all(key in data for key in OPENAI_DPO_KEYS):
+        source = data["input"]
+        prompt: Any = source.get("messages") if isinstance(source, dict) else None
+        chosen, rejected = _answer(data, "preferred_output"), _answer(data, "non_preferred_output")
+    else:
+        prompt = data.get("prompt")
+        chosen, rejected = _answer(data, "chosen"), _answer(data, "rejected")
+    if isinstance(prompt, str):
+        turns = _chat(system_prompt, prompt, chosen)
+    else:
+        with_answer = [*(prompt or []), {"role": "assistant", "content": chosen}]
+        turns = _messages(with_answer, system_prompt)
+    return Example(row.line, messages=turns, rejected=rejected)
+
+
+def _answer(data: dict[str, Any], key: str) -> str:
+    """An answer given as text or as a list holding one assistant message."""
+    value = data.get(key)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0].get("content")
+    if not isinstance(value, str):
+        raise _Refused(f"field '{key}' must be a string or one assistant message")
+    return value
 
 
 def _messages(value: Any, system_prompt: str | None) -> tuple[tuple[str, str], ...]:

@@ -69,9 +69,23 @@ class AliasUpdate(BaseModel):
         return self.targets if self.targets is not None else [AliasTarget(version=self.version or 0)]
 
 
-def _visible(caller: Principal, name: str) -> None:
-    if not caller.may_use(name):
-        raise PermissionDeniedError(f"This API key may not see adapter {name!r}.")
+def _visible(caller: Principal, adapter: AdapterView | VersionView) -> None:
+    if not (caller.may_use(adapter.name) or adapter.owner == caller.tenant):
+        raise PermissionDeniedError(f"This API key may not see adapter {adapter.name!r}.")
+
+
+async def _readable(
+    state: ServerState, caller: Principal, name: str, read: Any, *args: Any
+) -> AdapterView | VersionView:
+    """Read a record this key may see; for keys limited to some adapters, anything else is 403, found or not."""
+    try:
+        record = await asyncio.to_thread(read, *args)
+    except NotFoundError:
+        if not caller.may_use(name):
+            raise PermissionDeniedError(f"This API key may not see adapter {name!r}.") from None
+        raise
+    _visible(caller, record)
+    return record  # type: ignore[no-any-return]
 
 
 async def _unload_retired(state: ServerState) -> None:
@@ -91,19 +105,21 @@ async def register_adapter(request: Request, state: State, caller: Admin) -> Ver
 async def list_adapters(state: State, caller: Caller) -> AdapterList:
     """Every adapter this key may see, with versions and aliases."""
     only = None if caller.is_admin or caller.adapters is None else set(caller.adapters)
-    return AdapterList(data=await asyncio.to_thread(state.hub.registry.list_adapters, only))
+    return AdapterList(data=await asyncio.to_thread(state.hub.registry.list_adapters, only, caller.tenant))
 
 
 @router.get("/{name}")
 async def get_adapter(name: str, state: State, caller: Caller) -> AdapterView:
-    _visible(caller, name)
-    return await asyncio.to_thread(state.hub.registry.get_adapter, name)
+    adapter = await _readable(state, caller, name, state.hub.registry.get_adapter, name)
+    assert isinstance(adapter, AdapterView)
+    return adapter
 
 
 @router.get("/{name}/versions/{version}")
 async def get_version(name: str, version: int, state: State, caller: Caller) -> VersionView:
-    _visible(caller, name)
-    return await asyncio.to_thread(state.hub.registry.get_version, name, version)
+    view = await _readable(state, caller, name, state.hub.registry.get_version, name, version)
+    assert isinstance(view, VersionView)
+    return view
 
 
 @router.get(
@@ -113,8 +129,8 @@ async def get_version(name: str, version: int, state: State, caller: Caller) -> 
 )
 async def download_version(name: str, version: int, state: State, caller: Caller) -> FileResponse:
     """The version's files (adapter_config.json, adapter_model.safetensors, ...) as one .tar.gz."""
-    _visible(caller, name)
-    view = await asyncio.to_thread(state.hub.registry.get_version, name, version)
+    view = await _readable(state, caller, name, state.hub.registry.get_version, name, version)
+    assert isinstance(view, VersionView)
     folder = state.hub.store.path(view.sha256)
     if not folder.is_dir():
         raise NotFoundError(f"the files of {view.ref} were purged")

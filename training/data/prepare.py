@@ -42,7 +42,9 @@ class DataSettings(BaseModel):
     """A given validation split; unset: carved out of the train file."""
     test_file: str | None = None
     """A given test split; unset: carved out of the train file."""
-    shape: Literal["auto", "messages", "prompt_completion", "instruction", "classification", "text"] = "auto"
+    shape: Literal["auto", "messages", "preference", "prompt_completion", "instruction", "classification", "text"] = (
+        "auto"
+    )
     """The dataset's shape, or auto (detected from its fields)."""
     system_prompt: str | None = None
     """Added as the system turn to every chat example that has none."""
