@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from adapters.database import Database
@@ -408,7 +408,12 @@ class FineTuningStore:
         with self.db.session() as session:
             query = (
                 select(FineTuningJob)
-                .where(FineTuningJob.status.in_(("validating_files", "queued")))
+                .where(
+                    or_(
+                        FineTuningJob.status == "queued",
+                        and_(FineTuningJob.status == "validating_files", FineTuningJob.worker.is_(None)),
+                    )
+                )
                 .order_by(FineTuningJob.seq)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -438,13 +443,15 @@ class FineTuningStore:
             session.flush()
             return JobObject.of(row)
 
-    def heartbeat(self, job_id: str, worker: str) -> bool:
-        """Record that `worker` still runs the job; returns whether cancellation was requested."""
+    def heartbeat(self, job_id: str, worker: str) -> Literal["run", "cancel", "lost"]:
+        """Record that `worker` still runs the job. Answers "cancel" when cancellation was requested, and "lost"
+        when the job is no longer this worker's (another took it over after this one went silent)."""
         with self.db.session() as session:
-            row = self._job(session, job_id, None)
-            if row.worker == worker:
-                row.heartbeat_at = utcnow()
-            return bool(row.cancel_requested)
+            row = self._job(session, job_id, None, lock=True)
+            if row.worker != worker or row.status != "running":
+                return "lost"
+            row.heartbeat_at = utcnow()
+            return "cancel" if row.cancel_requested else "run"
 
     def add_event(self, job_id: str, message: str, *, data: dict[str, Any] | None = None, level: str = "info") -> None:
         with self.db.session() as session:
@@ -465,10 +472,18 @@ class FineTuningStore:
 
     def recover_stale(self, stale_after_s: float, max_attempts: int) -> list[str]:
         """Running jobs whose worker stopped reporting: back to the queue (resumed from their last checkpoint)
-        while attempts remain, else failed with the reason. Returns the ids it changed."""
+        while attempts remain, else failed with the reason. Returns the ids it changed. Jobs whose worker died
+        while validating their files are released for another worker to validate."""
         cutoff = utcnow() - timedelta(seconds=stale_after_s)
         changed = []
         with self.db.session() as session:
+            validating = session.scalars(
+                select(FineTuningJob)
+                .where(FineTuningJob.status == "validating_files", FineTuningJob.heartbeat_at < cutoff)
+                .with_for_update(skip_locked=True)
+            )
+            for row in validating:
+                row.worker = None
             stale = session.scalars(
                 select(FineTuningJob)
                 .where(FineTuningJob.status == "running", FineTuningJob.heartbeat_at < cutoff)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,11 @@ import yaml
 from rich.console import Console
 
 from adapters.datafiles import DataError, check_file
-from adapters.fine_tuning import JobObject, auto_epochs
+from adapters.fine_tuning import FineTuningStore, JobObject, auto_epochs
 from adapters.hub import Hub
 from adapters.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 BASE_LEARNING_RATE = 2e-4
 DEFAULT_BATCH = 8
@@ -127,7 +131,9 @@ class Worker:
             self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             outcome = self._watch(job, run_dir)
         self.child = None
-        if outcome == "cancelled":
+        if outcome == "lost":
+            self.console.print(f"[yellow]{job.id} was taken over by another worker; stopped this copy[/yellow]")
+        elif outcome == "cancelled":
             self.store.mark(job.id, "cancelled", "Job cancelled")
         elif outcome == "stopped":
             self.store.mark(
@@ -141,23 +147,35 @@ class Worker:
             self.store.mark(job.id, "failed", f"Training failed: {message}", error=error)
 
     def _watch(self, job: JobObject, run_dir: Path) -> int | str:
-        """Heartbeat, relay metrics and checkpoints, and honour cancellation until the child exits."""
+        """Relay metrics and checkpoints and honour cancellation until the child exits.
+
+        The heartbeat runs in its own thread, so that relaying or a loaded machine never makes a live worker look
+        silent; if the job was taken over anyway, this worker stops its copy at once instead of finishing it.
+        """
         assert self.child is not None
+        beat = _Heartbeat(self.store, job.id, self.name)
+        beat.start()
         relayed = 0
-        while True:
-            try:
-                code = self.child.wait(timeout=1 / CHECKS_PER_S)
-            except subprocess.TimeoutExpired:
-                code = None
-            relayed = self._relay(job, run_dir, relayed)
-            if code is not None:
-                return code
-            if self.stopping:
-                self._end_child()
-                return "stopped"
-            if self.store.heartbeat(job.id, self.name):
-                self._end_child()
-                return "cancelled"
+        try:
+            while True:
+                try:
+                    code = self.child.wait(timeout=1 / CHECKS_PER_S)
+                except subprocess.TimeoutExpired:
+                    code = None
+                if beat.verdict == "lost":
+                    self._end_child()
+                    return "lost"
+                relayed = self._relay(job, run_dir, relayed)
+                if code is not None:
+                    return code
+                if self.stopping:
+                    self._end_child()
+                    return "stopped"
+                if beat.verdict == "cancel":
+                    self._end_child()
+                    return "cancelled"
+        finally:
+            beat.stop()
 
     def _end_child(self) -> None:
         assert self.child is not None
@@ -246,6 +264,28 @@ class Worker:
             "register_as": hub_name(job),
             "owner_tenant": job.organization_id,
         }
+
+
+class _Heartbeat(threading.Thread):
+    """Tells the database every second that this worker still runs the job, and remembers the answer."""
+
+    def __init__(self, store: FineTuningStore, job_id: str, worker: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.verdict = "run"
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set() and self.verdict == "run":
+            try:
+                self.verdict = self.store.heartbeat(self.job_id, self.worker)
+            except Exception:  # the database may be briefly unreachable: keep beating, the job is still ours
+                logger.exception("heartbeat for %s failed; retrying", self.job_id)
+            self._done.wait(1 / CHECKS_PER_S)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
 
 
 def _last_error(log: Path) -> str | None:

@@ -223,7 +223,7 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(service, tickets: Path,
 def test_two_workers_on_postgresql_run_six_jobs_once_each(tmp_path: Path, tiny_model: Path, tickets: Path) -> None:
     with fresh_postgres_database() as url:
         home = tmp_path / "home"
-        env = environment(home, tiny_model, LORADOCK_DATABASE_URL=url)
+        env = environment(home, tiny_model, LORADOCK_DATABASE_URL=url, LORADOCK_WORKER_STALE_S="60")
         server = ServerProcess(home, [], env=env)
         workers: list[Worker] = []
         try:
