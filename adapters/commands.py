@@ -93,6 +93,21 @@ def show(name: str, server: str | None = ServerOption, api_key: str | None = Key
         )
     console.print(f"[bold]{adapter.name}[/bold]  aliases: {_aliases(adapter) or 'none'}")
     console.print(table)
+    exports = Table("version", "artifact", "label", "size", "quality kept", "tokens/s (1 / batched)", "from", "created")
+    for version in adapter.versions:
+        for artifact in version.artifacts:
+            exports.add_row(
+                str(version.version),
+                artifact.id,
+                artifact.label,
+                f"{artifact.size_bytes / 1e6:.1f} MB",
+                _quality(artifact.report),
+                _speed(artifact.report),
+                artifact.parent_id or f"v{version.version}",
+                f"{artifact.created_at:%Y-%m-%d %H:%M} by {artifact.created_by}",
+            )
+    if exports.row_count:
+        console.print(exports)
 
 
 @adapters_app.command("alias")
@@ -238,3 +253,19 @@ def _short(metadata: dict[str, Any], limit: int = 60) -> str:
 def register_commands(app: typer.Typer) -> None:
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(keys_app, name="keys")
+
+
+def _quality(report: dict[str, Any]) -> str:
+    """The export's task metric against the teacher's, from its report."""
+    export, teacher = report.get("export", {}), report.get("teacher", {})
+    metric = report.get("main_metric", "")
+    if metric not in export.get("task", {}):
+        return "-"
+    return f"{metric} {export['task'][metric]:.3f} (teacher {teacher.get('task', {}).get(metric, float('nan')):.3f})"
+
+
+def _speed(report: dict[str, Any]) -> str:
+    export = report.get("export", {})
+    if "tokens_per_s_single" not in export:
+        return "-"
+    return f"{export['tokens_per_s_single']:.0f} / {export['tokens_per_s_batched']:.0f}"

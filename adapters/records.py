@@ -7,12 +7,40 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.tables import AdapterVersion, Alias
+from adapters.tables import AdapterVersion, Alias, Artifact
 
 
 class SourceView(BaseModel):
     kind: str
     uri: str
+
+
+class ArtifactView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: str = Field(description="merged, onnx or distilled")
+    label: str = Field(description="Unique per version: merged, onnx-int4, distilled, distilled-onnx-int8, ...")
+    parent_id: str | None = Field(default=None, description="The artifact this one was built from, if any.")
+    sha256: str
+    size_bytes: int
+    report: dict[str, Any] = Field(description="Quality, size, speed and memory against the teacher.")
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def of(cls, row: Artifact) -> ArtifactView:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            label=row.label,
+            parent_id=row.parent_id,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            report=dict(row.report or {}),
+            created_at=row.created_at,
+            created_by=row.created_by,
+        )
 
 
 class VersionView(BaseModel):
@@ -34,6 +62,7 @@ class VersionView(BaseModel):
     created_by: str
     metadata: dict[str, Any]
     owner: str | None = Field(default=None, description="The tenant that owns the adapter (None: ops-managed).")
+    artifacts: list[ArtifactView] = Field(default_factory=list, description="Exports made from this version.")
 
     @property
     def ref(self) -> str:
@@ -58,6 +87,7 @@ class VersionView(BaseModel):
             created_at=row.created_at,
             created_by=row.created_by,
             metadata=dict(row.meta or {}),
+            artifacts=[ArtifactView.of(artifact) for artifact in row.artifacts],
         )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from adapters.artifacts import ArtifactRegistry
 from adapters.database import Database
 from adapters.errors import ConflictError, GoneError, NotFoundError
 from adapters.fingerprint import BaseModelSpec
@@ -23,10 +24,9 @@ from adapters.naming import DEFAULT_ALIAS, ModelRef, check_name
 from adapters.records import AdapterView, AliasTarget, AliasView, VersionView
 from adapters.sources import Staged
 from adapters.store import ArtifactStore, content_sha256
-from adapters.tables import Adapter, AdapterVersion, Alias
+from adapters.tables import ACTIVE, DEPRECATED, PURGED, Adapter, AdapterVersion, Alias
 from adapters.validation import Limits, validate_adapter
 
-ACTIVE, DEPRECATED, PURGED = "active", "deprecated", "purged"
 REGISTRATION_ATTEMPTS = 5
 
 
@@ -59,6 +59,7 @@ class Registry:
         self.db = database
         self.store = store
         self.limits = limits
+        self.artifacts = ArtifactRegistry(database, store)
 
     # --- registration -----------------------------------------------------------------------------------
 
@@ -263,13 +264,15 @@ class Registry:
             return VersionView.of(row, name)
 
     def purge(self, name: str, version: int) -> VersionView:
-        """Deprecate and delete the files, unless another version still holds the same content."""
+        """Deprecate and delete the files and the exports, unless something else still holds the same content."""
         with self.db.session() as session:
             row = self._version_for_change(session, name, version)
             row.status = PURGED
-            sha256 = row.sha256
+            hashes = [row.sha256, *self.artifacts.drop_all(session, row)]
+            session.flush()
             view = VersionView.of(row, name)
-        self._remove_unreferenced(sha256)
+        for sha256 in hashes:
+            self._remove_unreferenced(sha256)
         return view
 
     def _version_for_change(self, session: Session, name: str, version: int) -> AdapterVersion:
@@ -283,14 +286,7 @@ class Registry:
         return row
 
     def _remove_unreferenced(self, sha256: str) -> None:
-        with self.db.read() as session:
-            still_used = session.scalar(
-                select(func.count())
-                .select_from(AdapterVersion)
-                .where(AdapterVersion.sha256 == sha256, AdapterVersion.status != PURGED)
-            )
-        if not still_used:
-            self.store.remove(sha256)
+        self.artifacts.remove_unreferenced(sha256)
 
     # --- helpers ------------------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+ACTIVE, DEPRECATED, PURGED = "active", "deprecated", "purged"
+"""The statuses of a version: served; kept for lineage and rollback but refused (410); files deleted."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -64,6 +67,31 @@ class AdapterVersion(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    artifacts: Mapped[list[Artifact]] = relationship(
+        back_populates="version", order_by="Artifact.created_at", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class Artifact(Base):
+    """An export of one adapter version (merged model, ONNX build, distilled student): its lineage is the version
+    it came from and, for an export of an export (the ONNX build of a student), the artifact it was built from."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("version_id", "label", name="uq_artifact_label"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(64))
+    """Unique per version (`merged`, `onnx-int4`, `distilled`, `distilled-onnx-int8`): a new export replaces it."""
+    parent_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+    version: Mapped[AdapterVersion] = relationship(back_populates="artifacts")
 
 
 class Alias(Base):

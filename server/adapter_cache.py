@@ -13,7 +13,8 @@ import logging
 import time
 from collections import Counter, OrderedDict
 
-from adapters.registry import ACTIVE, Registry
+from adapters.registry import Registry
+from adapters.tables import ACTIVE
 from server.engine import Engine, LoraTarget
 from server.metrics import ServerMetrics
 

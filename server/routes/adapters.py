@@ -134,11 +134,30 @@ async def download_version(name: str, version: int, state: State, caller: Caller
     folder = state.hub.store.path(view.sha256)
     if not folder.is_dir():
         raise NotFoundError(f"the files of {view.ref} were purged")
+    return await _tar_gz_response(state, folder, f"{name}-v{version}.tar.gz")
+
+
+@router.get(
+    "/{name}/versions/{version}/artifacts/{artifact_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the export's files as a .tar.gz"}},
+)
+async def download_artifact(name: str, version: int, artifact_id: str, state: State, caller: Caller) -> FileResponse:
+    """An export of the version (merged model, ONNX build, distilled student) with its report, as one .tar.gz."""
+    await _readable(state, caller, name, state.hub.registry.get_version, name, version)
+    artifact, folder = await asyncio.to_thread(state.hub.registry.artifacts.get, name, version, artifact_id)
+    if not folder.is_dir():
+        raise NotFoundError(f"the files of artifact {artifact_id} are gone from the store")
+    return await _tar_gz_response(state, folder, f"{name}-v{version}-{artifact.label}.tar.gz")
+
+
+async def _tar_gz_response(state: ServerState, folder: Path, filename: str) -> FileResponse:
+    """The folder packed into a scratch .tar.gz that is deleted once sent."""
     archive = await asyncio.to_thread(_tar_gz, folder, state.hub.store.staging())
     return FileResponse(
         archive,
         media_type="application/gzip",
-        filename=f"{name}-v{version}.tar.gz",
+        filename=filename,
         background=BackgroundTask(shutil.rmtree, archive.parent, ignore_errors=True),
     )
 
