@@ -42,6 +42,33 @@ def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
+def demo_training(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The shipped demo task trained once per session, exactly as `make demo` trains it, and registered as
+    support-tickets@1: (LORADOCK_HOME, run folder). The demo-task test checks it; the export tests start from it."""
+    home = tmp_path_factory.mktemp("demo-home")
+    (home / "models").symlink_to(demo_model.parent, target_is_directory=True)
+    run = home / "run"
+    done = subprocess.run(
+        [
+            str(LORADOCK),
+            "train",
+            "--config",
+            str(REPO / "training/configs/demo_support_tickets.yaml"),
+            "--output-dir",
+            str(run),
+            "--register",
+            "support-tickets",
+        ],
+        env={**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return home, run
+
+
+@pytest.fixture(scope="session")
 def tiny_model(demo_model: Path, loradock_home: Path) -> Path:
     """A 2-layer random Llama with the demo model's tokenizer: for training tests that must be quick."""
     return make_tiny_model(demo_model, loradock_home / "models" / "tiny-llama")

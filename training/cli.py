@@ -11,6 +11,7 @@ from rich.table import Table
 
 from adapters.base_models import list_local_models
 from adapters.settings import Settings
+from training.exports.cli import register as register_exports
 
 models_app = typer.Typer(help="Base models: fetch the offline demo model, list what is here.", no_args_is_help=True)
 console = Console(soft_wrap=True)  # errors stay on one line, also in logs a worker reads
@@ -153,3 +154,4 @@ def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command("eval")(evaluate)
     app.command()(worker)
+    register_exports(app)

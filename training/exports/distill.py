@@ -1,0 +1,162 @@
+"""Distillation: a smaller student trained on the task data against the teacher's logits.
+
+The student is the base with layers dropped (every other one: the usual layer-skipping initialisation, which
+keeps the pretrained embeddings, head and tokenizer) or a smaller checkpoint that shares the tokenizer. The loss
+is our own, stated here because it is the whole method:
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross-entropy(labels)
+
+over the answer tokens only (the prompt is context, as in SFT). TRL's GKDTrainer adds on-policy student samples
+and a generalized JSD, which costs a generation per step: too slow on a CPU for a smaller gain here. The loop is
+written out instead of subclassing transformers' Trainer because each step needs the teacher's forward pass on
+the same batch, which Trainer's collation and loss hooks would only hide.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.datafiles.shapes import Example
+from adapters.fingerprint import contract_mismatch, text_contract
+from training.data.tokenize import IGNORE, Encoded, encode
+from training.evaluate import native_bf16
+from training.exports.merge import copy_text_files
+from training.exports.source import ExportError, Progress
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    temperature: float = 2.0
+    alpha: float = 0.5
+    max_seq_len: int = 256
+    seed: int = 0
+
+
+def layer_dropped_student(base_folder: Path, out: Path) -> list[int]:
+    """The base with every other decoder layer (0, 2, 4, ...) kept; returns the kept layers' indices."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) < 2:
+        raise ExportError(f"{base_folder}: cannot drop layers of this architecture; pass --student with a model")
+    keep = list(range(0, len(layers), 2))
+    model.model.layers = torch.nn.ModuleList(layers[index] for index in keep)
+    for position, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = position  # the KV cache is indexed by position in the new stack
+    model.config.num_hidden_layers = len(keep)
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = [model.config.layer_types[index] for index in keep]
+    dtype = json.loads((base_folder / "config.json").read_text()).get("dtype", "float32")
+    model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
+    copy_text_files(base_folder, out)
+    del model
+    gc.collect()
+    return keep
+
+
+def named_student(student_folder: Path, base_folder: Path, out: Path) -> None:
+    """A user-named smaller checkpoint, copied in; it must read and write text exactly as the base does."""
+    if not (student_folder / "config.json").is_file():
+        raise ExportError(f"student {student_folder} is not a Hugging Face model folder (no config.json)")
+    mismatch = contract_mismatch(text_contract(student_folder), text_contract(base_folder))
+    if mismatch is not None:
+        raise ExportError(f"student {student_folder} does not share the base's tokenizer: {mismatch}")
+    for path in student_folder.iterdir():
+        if path.is_file() and (path.suffix in {".json", ".safetensors", ".jinja"}):
+            shutil.copy2(path, out / path.name)
+
+
+def distill(
+    teacher_dir: Path,
+    student_dir: Path,
+    tokenizer: Any,
+    train: list[Example],
+    config: DistillConfig,
+    progress: Progress,
+) -> list[dict[str, float]]:
+    """Train the student in `student_dir` in place; returns the loss log (one entry per step)."""
+    import torch
+    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+    torch.manual_seed(config.seed)
+    encoded = [_truncate(encode(tokenizer, example), config.max_seq_len) for example in train]
+    encoded = [item for item in encoded if item.supervised > 0]
+    if not encoded:
+        raise ExportError("the training split has no answer tokens to distill on")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).train()
+    saved_dtype = json.loads((student_dir / "config.json").read_text()).get("dtype", "float32")
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 20), config.steps)
+    order = random.Random(config.seed)
+    log: list[dict[str, float]] = []
+    for step in range(1, config.steps + 1):
+        ids, mask, labels = _batch(order.sample(encoded, min(config.batch_size, len(encoded))))
+        answer = labels[:, 1:] != IGNORE
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
+            teacher_logits = _answer_logits(teacher, ids, mask, answer).float()
+        student_logits = _answer_logits(student, ids, mask, answer)
+        kl, ce = _losses(student_logits, teacher_logits, labels[:, 1:][answer], config.temperature)
+        loss = config.alpha * kl + (1 - config.alpha) * ce
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        log.append({"step": step, "loss": loss.item(), "kl": kl.item(), "ce": ce.item()})
+        progress(f"distilling: step {step}/{config.steps}, loss {log[-1]['loss']:.3f} (KL {log[-1]['kl']:.3f})")
+        if not math.isfinite(log[-1]["loss"]):
+            raise ExportError(f"distillation diverged at step {step} (loss {log[-1]['loss']}); lower --learning-rate")
+    student.to(getattr(torch, saved_dtype)).save_pretrained(student_dir, safe_serialization=True)
+    del teacher, student
+    gc.collect()
+    return log
+
+
+def _answer_logits(model: Any, ids: Any, mask: Any, answer: Any) -> Any:
+    """Logits at the positions that predict answer tokens only: the vocabulary projection of every prompt
+    position (49k columns each) would cost more than the rest of a small student's step."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    return model.get_output_embeddings()(hidden[answer])
+
+
+def _losses(student: Any, teacher: Any, targets: Any, temperature: float) -> tuple[Any, Any]:
+    import torch.nn.functional as functional
+
+    kl = functional.kl_div(
+        functional.log_softmax(student / temperature, dim=-1),
+        functional.log_softmax(teacher / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (temperature**2)
+    return kl, functional.cross_entropy(student, targets)
+
+
+def _batch(items: list[Encoded]) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(item.input_ids) for item in items)
+    ids = torch.zeros((len(items), width), dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    for row, item in enumerate(items):
+        ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        mask[row, : len(item.input_ids)] = 1
+        labels[row, : len(item.labels)] = torch.tensor(item.labels)
+    return ids, mask, labels
+
+
+def _truncate(item: Encoded, length: int) -> Encoded:
+    return Encoded(item.input_ids[:length], item.labels[:length])

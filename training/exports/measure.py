@@ -1,0 +1,159 @@
+"""Measure one runtime on the test prompts: greedy answers, tokens/s single-stream and batched, peak memory.
+
+Each measurement runs in a child process of its own (`python -m training.exports.measure SPEC OUT`), so that its
+peak resident memory is that runtime's alone, and so that the vLLM engine (run in-process there, without its
+engine-core process) is gone with the child. Answers come from the single-stream pass, one greedy request at a
+time, the way quality is judged; the batched pass sends every prompt at once and only counts tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from adapters.settings import SUPPORTED_LORA_RANKS
+
+KV_CACHE_BYTES = 1 << 30
+
+
+class MeasurementError(RuntimeError):
+    """The runtime could not load or run the model; the message carries the end of its log."""
+
+
+class MeasureSpec(BaseModel):
+    runtime: Literal["vllm", "onnx"]
+    model: str
+    """A Hugging Face folder (vLLM) or an onnxruntime-genai folder."""
+    adapter: str | None = None
+    lora_rank: int = 8
+    prompts: list[list[int]]
+    """Prompt token ids, rendered with the chat template the server uses."""
+    max_new_tokens: int
+
+
+class Measurement(BaseModel):
+    tokens: list[list[int]]
+    answers: list[str] = []
+    tokens_per_s_single: float
+    tokens_per_s_batched: float
+    peak_rss_bytes: int
+    load_s: float
+
+
+def measure(spec: MeasureSpec, workdir: Path) -> Measurement:
+    """Run the measurement in a child process and return what it measured."""
+    spec_file, out_file = workdir / "measure-spec.json", workdir / "measurement.json"
+    spec_file.write_text(spec.model_dump_json())
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "training.exports.measure", str(spec_file), str(out_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not out_file.is_file():
+        raise MeasurementError(f"measuring {spec.runtime} on {spec.model} failed:\n{done.stderr[-3000:]}")
+    return Measurement.model_validate_json(out_file.read_text())
+
+
+def _run(spec: MeasureSpec) -> Measurement:
+    started = time.perf_counter()
+    if spec.runtime == "vllm":
+        single, batched = _vllm(spec)
+    else:
+        single, batched = _onnx(spec)
+    load_and_run_s = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    tokens, single_s = single
+    batched_tokens, batched_s = batched
+    return Measurement(
+        tokens=tokens,
+        tokens_per_s_single=sum(map(len, tokens)) / single_s,
+        tokens_per_s_batched=batched_tokens / batched_s,
+        peak_rss_bytes=peak,
+        load_s=load_and_run_s - single_s - batched_s,
+    )
+
+
+Timed = tuple[list[list[int]], float]
+
+
+def _vllm(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    longest = max(map(len, spec.prompts)) + spec.max_new_tokens
+    options: dict[str, Any] = {}
+    if spec.adapter is not None:
+        rank = min(rank for rank in SUPPORTED_LORA_RANKS if rank >= spec.lora_rank)
+        options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
+    engine = LLM(
+        model=spec.model, max_model_len=max(longest, 256), kv_cache_memory_bytes=KV_CACHE_BYTES, seed=0, **options
+    )
+    params = SamplingParams(temperature=0, max_tokens=spec.max_new_tokens)
+    lora = LoRARequest("teacher", 1, spec.adapter) if spec.adapter is not None else None
+    inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in spec.prompts]
+    engine.generate(inputs[:1], params, lora_request=lora, use_tqdm=False)  # warm-up: kernels, LoRA load
+    tokens: list[list[int]] = []
+    started = time.perf_counter()
+    for prompt in inputs:
+        output = engine.generate([prompt], params, lora_request=lora, use_tqdm=False)[0]
+        tokens.append(list(output.outputs[0].token_ids))
+    single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    outputs = engine.generate(inputs, params, lora_request=lora, use_tqdm=False)
+    batched_s = time.perf_counter() - started
+    return (tokens, single_s), (sum(len(output.outputs[0].token_ids) for output in outputs), batched_s)
+
+
+def _onnx(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(spec.model)
+    config = json.loads((Path(spec.model) / "genai_config.json").read_text())["model"]
+    pad, eos = config["pad_token_id"], config["eos_token_id"]
+    stops = set(eos if isinstance(eos, list) else [eos])
+
+    def generate(batch: list[list[int]]) -> list[list[int]]:
+        width = max(map(len, batch))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=width + spec.max_new_tokens, do_sample=False, batch_size=len(batch))
+        generator = og.Generator(model, params)
+        # Right-padded with the pad id, the layout onnxruntime-genai's own Tokenizer.encode_batch produces.
+        padded = np.full((len(batch), width), pad, dtype=np.int32)
+        for row, prompt in enumerate(batch):
+            padded[row, : len(prompt)] = prompt
+        generator.append_tokens(padded)
+        while not generator.is_done():
+            generator.generate_next_token()
+        answers = []
+        for row in range(len(batch)):
+            new = [int(token) for token in generator.get_sequence(row)[width:]]
+            end = next((i for i, token in enumerate(new) if token in stops), len(new))
+            answers.append(new[: end + 1] if end < len(new) else new)
+        return answers
+
+    generate(spec.prompts[:1])  # warm-up
+    started = time.perf_counter()
+    tokens = [generate([prompt])[0] for prompt in spec.prompts]
+    single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    batched = generate(spec.prompts)
+    batched_s = time.perf_counter() - started
+    return (tokens, single_s), (sum(map(len, batched)), batched_s)
+
+
+if __name__ == "__main__":
+    spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
+    result = _run(MeasureSpec.model_validate_json(spec_path.read_text()))
+    out_path.write_text(result.model_dump_json())
