@@ -147,6 +147,19 @@ def test_distillation_into_a_tiny_student_beats_the_student_before(home: Path) -
     assert report["export"]["task"][main] > report["student_before"][main], (report["export"], report["student_before"])
     assert report["export"]["size_bytes"] < report["teacher"]["size_bytes"] / 5
 
+    # the student is a model of its own: it exports to ONNX like any other, with the student as its parent
+    loradock(home, "export", "onnx", f"{ADAPTER}@1", "--from", "distilled", "--precision", "int4")
+    onnx = report_of(home, "distilled-onnx-int4")
+    assert onnx["runtime"] == "onnxruntime-genai" and onnx["export"]["tokens_per_s_single"] > 0
+    hub = Hub.open(Settings(home=home))
+    try:
+        artifacts = {a.label: a for a in hub.registry.get_version(ADAPTER, 1).artifacts}
+    finally:
+        hub.close()
+    assert artifacts["distilled-onnx-int4"].parent_id == artifacts["distilled"].id
+    missing = loradock(home, "export", "onnx", f"{ADAPTER}@1", "--from", "no-such-label", check=False)
+    assert missing.returncode == 1 and "no artifact labelled 'no-such-label'" in missing.stdout, missing.stdout
+
 
 def test_bad_references_and_interrupted_exports_leave_the_hub_unchanged(
     home: Path, tiny_model: Path, tmp_path: Path

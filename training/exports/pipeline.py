@@ -97,7 +97,7 @@ class Workspace:
             export=side(export, theirs, self.test, _size(self.artifact, "*")),
             agreement=token_agreement(teacher.tokens, export.tokens),
             answers=(ours, theirs),
-            extra=extra,
+            extra={"data": str(self.source.test_file), **extra},
         )
 
 

@@ -54,7 +54,7 @@ def open_source(hub: Hub, ref: str, *, base_model: str | None, data: Path | None
     try:
         base_folder = local_model_folder(resolve_base_model(base_ref, hub.settings.models_dir))
         spec = BaseModelSpec.from_folder(base_folder)
-        if model_ref.version is None:  # an alias or a bare name resolves the way the server resolves it
+        if model_ref.version is None:  # as the server resolves it; a split alias gives its first target
             version = hub.registry.resolve(model_ref, spec.fingerprint_sha256).choices[0][0]
         else:
             version = hub.registry.get_version(model_ref.name, model_ref.version)
