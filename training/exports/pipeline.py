@@ -218,7 +218,10 @@ def export_distilled(
             kept = layer_dropped_student(work.source.base_folder, work.artifact)
             origin = f"{work.source.base_folder.name}, layers {kept}"
         else:
-            folder = local_model_folder(resolve_base_model(student, settings.models_dir))
+            try:
+                folder = local_model_folder(resolve_base_model(student, settings.models_dir))
+            except (OSError, ValueError) as exc:
+                raise ExportError(f"student {student!r}: {exc}") from exc
             named_student(folder, work.source.base_folder, work.artifact)
             origin = str(folder)
         work.teacher()
