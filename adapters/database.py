@@ -18,12 +18,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+        """`timeout_s` bounds how long a statement waits for a lock (the interaction log gives up sooner)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = _make_engine(url, writer=True)
+        self.engine = _make_engine(url, writer=True, timeout_s=timeout_s)
         # SQLite readers need no write lock; on PostgreSQL one engine serves both.
-        self._read_engine = _make_engine(url, writer=False) if self.is_sqlite else self.engine
+        self._read_engine = _make_engine(url, writer=False, timeout_s=timeout_s) if self.is_sqlite else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
@@ -64,10 +65,18 @@ def open_database(url: str) -> Database:
     return database
 
 
-def _make_engine(url: str, *, writer: bool) -> Engine:
+def _make_engine(url: str, *, writer: bool, timeout_s: float) -> Engine:
+    milliseconds = int(timeout_s * 1000)
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=min(timeout_s, 10),
+            connect_args={"options": f"-c lock_timeout={milliseconds}"},
+        )
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -76,7 +85,7 @@ def _make_engine(url: str, *, writer: bool) -> Engine:
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={milliseconds}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

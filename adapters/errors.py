@@ -33,3 +33,7 @@ class ConflictError(HubError):
 
 class SourceError(HubError):
     """An adapter source (folder, upload, Hugging Face repo) could not be read."""
+
+
+class InvalidInputError(HubError):
+    """A value given to the hub (a rating, a policy, a filter) is out of range; the message names it."""

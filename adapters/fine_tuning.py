@@ -152,6 +152,16 @@ class Page(BaseModel):
     first_id: str | None = None
     last_id: str | None = None
 
+    @classmethod
+    def of(cls, data: list[Any], has_more: bool) -> Page:
+        """A page of objects that have an `id`, in the order given."""
+        return cls(
+            data=data,
+            has_more=has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
 
 class JobRequest(BaseModel):
     """What a client asks for, already checked by the server (model resolved, files owned by the tenant)."""
@@ -321,7 +331,7 @@ class FineTuningStore:
                 query = query.where(FineTuningJob.seq < cursor.seq)
             rows = list(session.scalars(query.limit(limit + 1)))
             data = [JobObject.of(row) for row in rows[:limit]]
-            return _page(data, len(rows) > limit)
+            return Page.of(data, len(rows) > limit)
 
     def get_job(self, job_id: str, tenant: str | None) -> JobObject:
         with self.db.read() as session:
@@ -364,7 +374,7 @@ class FineTuningStore:
                 )
                 for row in rows[:limit]
             ]
-            return _page(data, len(rows) > limit)
+            return Page.of(data, len(rows) > limit)
 
     def list_checkpoints(self, job_id: str, tenant: str | None, after: str | None, limit: int) -> Page:
         with self.db.read() as session:
@@ -392,7 +402,7 @@ class FineTuningStore:
                 )
                 for row in rows[:limit]
             ]
-            return _page(data, len(rows) > limit)
+            return Page.of(data, len(rows) > limit)
 
     def adapter_for(self, fine_tuned_model: str) -> str | None:
         """The hub version (NAME@VERSION) a `ft:...` model name stands for."""
@@ -526,15 +536,6 @@ class FineTuningStore:
         session.add(
             FineTuningEvent(id=_id("ftevent"), job_id=job_id, level=level, message=message[:2048], type=kind, data=data)
         )
-
-
-def _page(data: list[Any], has_more: bool) -> Page:
-    return Page(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
 
 
 def auto_epochs(rows: int) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.database import Database, open_database
+from adapters.feedback import FeedbackStore
 from adapters.fine_tuning import FineTuningStore
+from adapters.interactions import InteractionStore
 from adapters.registry import Registry
 from adapters.settings import Settings
 from adapters.store import ArtifactStore
@@ -19,6 +21,8 @@ class Hub:
     store: ArtifactStore
     registry: Registry
     fine_tuning: FineTuningStore
+    interactions: InteractionStore
+    feedback: FeedbackStore
 
     @classmethod
     def open(cls, settings: Settings) -> Hub:
@@ -31,7 +35,10 @@ class Hub:
             max_files=settings.max_adapter_files,
         )
         fine_tuning = FineTuningStore(database, settings.files_dir, settings.max_file_bytes)
-        return cls(settings, database, store, Registry(database, store, limits), fine_tuning)
+        registry = Registry(database, store, limits)
+        return cls(
+            settings, database, store, registry, fine_tuning, InteractionStore(database), FeedbackStore(database)
+        )
 
     def close(self) -> None:
         self.database.dispose()

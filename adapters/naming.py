@@ -12,6 +12,10 @@ from adapters.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "prod"
+CANDIDATE_ALIAS = "candidate"
+"""Where `loradock retrain` registers a new version, waiting for `loradock promote`."""
+SHADOW_ALIAS = "shadow"
+"""While set, that version answers copies of the adapter's live traffic (never returned), for comparison."""
 
 
 def check_name(name: str, what: str = "adapter name") -> str:

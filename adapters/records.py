@@ -103,14 +103,17 @@ class AliasView(BaseModel):
 
     name: str
     targets: list[AliasTarget]
+    previous_targets: list[AliasTarget] | None = Field(default=None, description="Before the last move.")
     updated_at: datetime
     updated_by: str
 
     @classmethod
     def of(cls, row: Alias) -> AliasView:
+        previous = row.previous_targets
         return cls(
             name=row.name,
             targets=[AliasTarget(**target) for target in row.targets],
+            previous_targets=[AliasTarget(**target) for target in previous] if previous else None,
             updated_at=row.updated_at,
             updated_by=row.updated_by,
         )

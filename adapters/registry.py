@@ -241,7 +241,8 @@ class Registry:
             if alias_row is None:
                 alias_row = Alias(adapter_id=adapter.id, name=alias, targets=stored, updated_by=updated_by)
                 session.add(alias_row)
-            else:
+            elif alias_row.targets != stored:
+                alias_row.previous_targets = alias_row.targets
                 alias_row.targets = stored
                 alias_row.updated_by = updated_by
             session.flush()

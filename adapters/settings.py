@@ -7,6 +7,7 @@ factory and the CLI build one `Settings` and pass it down, so tests can hand in 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -86,10 +87,44 @@ class Settings(BaseSettings):
     )
     worker_max_attempts: int = Field(default=3, ge=1, description="Worker losses a job survives before it fails.")
 
+    # --- interaction log and feedback ---------------------------------------------------------------------
+    log_interactions: bool = Field(default=True, description="Record completions for feedback and retraining.")
+    log_sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of completions logged where an adapter has no policy of its own."
+    )
+    log_retention_days: float = Field(
+        default=30.0, gt=0, description="Days interactions are kept where an adapter has no policy of its own."
+    )
+    log_redact: bool = Field(default=True, description="Replace e-mail addresses, phone and card numbers in logs.")
+    log_redact_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description='More redaction patterns as JSON, name -> regex: {"ticket": "TCK-\\d+"} logs [TICKET].',
+    )
+    log_queue_size: int = Field(
+        default=10_000, ge=1, description="Interactions waiting to be written; beyond this they are dropped, counted."
+    )
+    log_write_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long one write of the log may wait for a locked database before dropping."
+    )
+    log_sweep_s: float = Field(default=3600.0, gt=0, description="How often expired interactions are deleted.")
+    shadow_max_in_flight: int = Field(
+        default=8, ge=1, description="Shadow requests (a candidate answering copies of live traffic) run at once."
+    )
+
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("log_redact_patterns")
+    @classmethod
+    def _check_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"log_redact_patterns[{name!r}] is not a valid regular expression: {exc}") from exc
+        return value
 
     @field_validator("max_lora_rank")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ACTIVE, DEPRECATED, PURGED = "active", "deprecated", "purged"
@@ -103,6 +103,8 @@ class Alias(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     targets: Mapped[list[Any]] = mapped_column()
     """[{"version": 3, "weight": 0.9}, {"version": 4, "weight": 0.1}]"""
+    previous_targets: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    """What the alias pointed at before its last move: `loradock rollback` moves it back in one step."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128))
 
@@ -197,3 +199,65 @@ class FineTuningCheckpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Interaction(Base):
+    """One logged completion (sampled, redacted), keyed by the `id` its response carried."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    """The model string the response reported (`support-tickets@3`, or the base model's name)."""
+    adapter: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    route: Mapped[str] = mapped_column(String(16))
+    request: Mapped[dict[str, Any]] = mapped_column()
+    """{"messages": [...]} for chat, {"prompt": ...} for text completions (redacted)."""
+    parameters: Mapped[dict[str, Any]] = mapped_column()
+    outputs: Mapped[list[Any]] = mapped_column()
+    """One text per choice (redacted)."""
+    finish_reasons: Mapped[list[Any]] = mapped_column()
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    redactions: Mapped[int] = mapped_column(Integer, default=0)
+    shadow_of: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    """For a shadow answer (a candidate answering a copy of live traffic, never returned): the live completion."""
+
+
+class Feedback(Base):
+    """A rating, and optionally a correction, of one logged completion; one record per (completion, source)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("completion_id", "source", name="uq_feedback_source"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    completion_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    choice_index: Mapped[int] = mapped_column(Integer, default=0)
+    rating: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    score: Mapped[float] = mapped_column(Float)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    labels: Mapped[list[Any]] = mapped_column(default=list)
+    comment: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class LogPolicy(Base):
+    """How much of one adapter's traffic is logged and for how long (unset: the server's defaults)."""
+
+    __tablename__ = "log_policies"
+
+    adapter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sample_rate: Mapped[float] = mapped_column(Float)
+    retention_days: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
