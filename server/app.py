@@ -24,7 +24,7 @@ from server.auth import KeyCache
 from server.engine import start_engine
 from server.errors import install_error_handlers
 from server.resolution import HubResolver
-from server.routes import adapters, files, fine_tuning, health, inference
+from server.routes import adapters, feedback, files, fine_tuning, health, inference
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.interaction_log.start()
         background = [
             asyncio.create_task(_load_engine(state, on_fatal)),
             asyncio.create_task(_sweep_retired_adapters(state)),
@@ -63,6 +64,10 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            for task in list(state.background):
+                task.cancel()
+            await asyncio.gather(*state.background, return_exceptions=True)
+            await asyncio.to_thread(state.interaction_log.close)
             if state.prompts is not None:
                 state.prompts.close()
             if state.engine is not None:
@@ -82,6 +87,7 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
     app.include_router(adapters.router)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
+    app.include_router(feedback.router)
     return app
 
 

@@ -19,6 +19,7 @@ from adapters.errors import (
     GoneError,
     HubError,
     InvalidAdapterError,
+    InvalidInputError,
     InvalidNameError,
     NotFoundError,
     SourceError,
@@ -130,6 +131,7 @@ _HUB_ERRORS: list[tuple[type[HubError], int, str, str]] = [
     (GoneError, 410, "invalid_request_error", "deprecated"),
     (ConflictError, 409, "invalid_request_error", "conflict"),
     (SourceError, 400, "invalid_request_error", "source_unavailable"),
+    (InvalidInputError, 400, "invalid_request_error", "invalid_value"),
 ]
 
 

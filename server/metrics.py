@@ -65,3 +65,41 @@ class ServerMetrics:
             "Generation requests admitted and not yet finished.",
             registry=self.registry,
         )
+        self.interactions_logged = Counter(
+            "loradock_interactions_logged",
+            'Completions written to the interaction log, by adapter ("(base)" for the base model).',
+            ["adapter"],
+            registry=self.registry,
+        )
+        self.interactions_skipped = Counter(
+            "loradock_interactions_skipped",
+            "Completions not logged on purpose: opted_out (header) or sampled_out (the adapter's sampling rate).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.interactions_dropped = Counter(
+            "loradock_interactions_dropped",
+            "Completions that should have been logged but were not: queue_full or database_error.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.interaction_queue = Gauge(
+            "loradock_interaction_log_queue", "Interactions waiting to be written.", registry=self.registry
+        )
+        self.redactions = Counter(
+            "loradock_redactions",
+            "Spans (e-mail, phone, card, custom) replaced in logged interactions.",
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "loradock_feedback",
+            "Feedback records posted, by adapter, rating (up/down) and whether they carry a correction.",
+            ["adapter", "rating", "corrected"],
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "loradock_shadow_requests",
+            "Copies of live requests answered by a shadow candidate, by adapter and outcome (ok, error, skipped).",
+            ["adapter", "outcome"],
+            registry=self.registry,
+        )

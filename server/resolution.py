@@ -16,7 +16,7 @@ from adapters.errors import GoneError, NotFoundError
 from adapters.fingerprint import BaseModelSpec, contract_mismatch
 from adapters.hub import Hub
 from adapters.keys import Principal
-from adapters.naming import ModelRef, parse_model_ref
+from adapters.naming import SHADOW_ALIAS, ModelRef, parse_model_ref
 from adapters.records import VersionView
 from adapters.registry import Resolution
 from server.engine import LoraTarget
@@ -44,6 +44,7 @@ class HubResolver:
         self._fine_tuning = hub.fine_tuning
         self._cache_s = cache_s
         self._cache: dict[str, tuple[Resolution, float]] = {}
+        self._shadows: dict[str, tuple[ServedModel | None, float]] = {}
 
     async def resolve(self, model: str, principal: Principal, user: str | None = None) -> ServedModel:
         """The model to serve, or 404 (unknown), 410 (deprecated) or 403 (another tenant's adapter)."""
@@ -89,9 +90,25 @@ class HubResolver:
         target = LoraTarget(version.ref, version.lora_id, str(self._store.path(version.sha256)))
         return ServedModel(version.ref, target, version)
 
+    async def shadow_for(self, name: str) -> ServedModel | None:
+        """The version `NAME:shadow` names, if any (asked on every live request, so absences are cached too)."""
+        cached = self._shadows.get(name)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            resolution = await asyncio.to_thread(
+                self._registry.resolve, ModelRef(name, alias=SHADOW_ALIAS), self.base_spec.fingerprint_sha256
+            )
+            shadow: ServedModel | None = self.served(resolution.pick(None))
+        except (NotFoundError, GoneError):
+            shadow = None
+        self._shadows[name] = (shadow, time.monotonic() + self._cache_s)
+        return shadow
+
     def invalidate(self) -> None:
         """Forget every cached resolution (after this replica changed an alias or a version's status)."""
         self._cache.clear()
+        self._shadows.clear()
 
     async def servable(self, principal: Principal) -> list[tuple[str, VersionView]]:
         only = None if principal.is_admin or principal.adapters is None else set(principal.adapters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
@@ -14,6 +15,7 @@ from server.adapter_cache import AdapterCache
 from server.admission import Admission
 from server.engine import Engine
 from server.errors import EngineNotReadyError
+from server.interaction_log import InteractionLog
 from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder
 from server.resolution import HubResolver
@@ -36,9 +38,15 @@ class ServerState:
     startup_error: str | None = None
     started_at: float = field(default_factory=time.time)
     admission: Admission = field(init=False)
+    interaction_log: InteractionLog = field(init=False)
+    shadow_slots: asyncio.Semaphore = field(init=False)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    """Tasks started by requests that outlive them (shadow copies), kept referenced until they finish."""
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.max_concurrent_requests, self.metrics.in_flight)
+        self.interaction_log = InteractionLog(self.settings, self.metrics)
+        self.shadow_slots = asyncio.Semaphore(self.settings.shadow_max_in_flight)
 
     def attach_engine(self, engine: Engine) -> None:
         self.engine = engine

@@ -27,6 +27,7 @@ from server.protocol import (
 )
 from server.resolution import ServedModel
 from server.serving.options import sampling_options
+from server.serving.recording import Recorder, Timing, chat_payload, recorder_for
 from server.serving.runner import (
     SSE_DONE,
     Job,
@@ -40,6 +41,7 @@ from server.serving.runner import (
     start_all,
     until_disconnected,
 )
+from server.serving.shadow import mirror
 from server.state import ReadyServer
 
 ROUTE = "chat"
@@ -48,6 +50,7 @@ ROUTE = "chat"
 async def create_chat_completion(
     server: ReadyServer, request: ChatCompletionRequest, http: Request, principal: Principal
 ) -> Response:
+    timing = Timing()
     served = await server.state.resolver.resolve(request.model, principal, request.user)
     http.state.model_label = served.name
     if request.max_tokens is not None and request.max_completion_tokens is not None:
@@ -63,14 +66,25 @@ async def create_chat_completion(
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=logprobs)
     job = Job(f"chatcmpl-{uuid.uuid4().hex}", prompt, options)
-    stream = generate(server, served, job, ROUTE)
+    payload = chat_payload(request.messages)
+    recorder = recorder_for(server, http, principal, served, ROUTE, job.request_id, request, payload, timing)
+    stream = generate(server, served, job, ROUTE, timing)
     if request.stream:
         started = await start_all([stream])
-        body = _chunks(job, served, request, merge(started))
+        body = _chunks(job, served, request, merge(started), server, recorder)
         return StreamingResponse(body, media_type="text/event-stream", headers=response_headers(job.request_id, served))
     response = await until_disconnected(http, _collect(job, served, stream))
     if response is None:  # the client is gone; nobody reads this
         return Response(status_code=499)
+    if recorder is not None:
+        choices = response.choices
+        recorder.finish(
+            [choice.message.content for choice in choices],
+            [choice.finish_reason for choice in choices],
+            response.usage.prompt_tokens,
+            response.usage.completion_tokens,
+        )
+        await mirror(server, recorder, job)
     return Response(
         response.model_dump_json(), media_type="application/json", headers=response_headers(job.request_id, served)
     )
@@ -99,8 +113,12 @@ async def _chunks(
     served: ServedModel,
     request: ChatCompletionRequest,
     steps: AsyncIterator[tuple[int, list[ChoiceDelta]]],
+    server: ReadyServer,
+    recorder: Recorder | None,
 ) -> AsyncIterator[str]:
     created = int(time.time())
+    texts = [""] * job.options.n
+    finish_reasons: list[str | None] = [None] * job.options.n
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
         payload = ChatCompletionChunk(
@@ -115,6 +133,8 @@ async def _chunks(
             choices = []
             for delta in step:
                 generated += delta.token_count
+                texts[delta.index] += delta.text
+                finish_reasons[delta.index] = delta.finish_reason or finish_reasons[delta.index]
                 if not delta.text and delta.finish_reason is None and not delta.logprobs:
                     continue
                 choices.append(
@@ -131,7 +151,11 @@ async def _chunks(
             yield chunk([], Usage.of(len(job.prompt_token_ids), generated))
     except Exception as exc:
         yield sse_error(exc)
+        recorder = None
     yield SSE_DONE
+    if recorder is not None:
+        recorder.finish(texts, finish_reasons, len(job.prompt_token_ids), generated)
+        await mirror(server, recorder, job)
 
 
 def _logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:

@@ -22,6 +22,7 @@ from server.protocol import (
 )
 from server.resolution import ServedModel
 from server.serving.options import sampling_options
+from server.serving.recording import Recorder, Timing, recorder_for
 from server.serving.runner import (
     SSE_DONE,
     Job,
@@ -43,6 +44,7 @@ ROUTE = "completions"
 async def create_completion(
     server: ReadyServer, request: CompletionRequest, http: Request, principal: Principal
 ) -> Response:
+    timing = Timing()
     served = await server.state.resolver.resolve(request.model, principal, request.user)
     http.state.model_label = served.name
     if request.echo:
@@ -55,15 +57,27 @@ async def create_completion(
         max_tokens = server.prompts.max_tokens_for(len(prompt), request.max_tokens, "prompt", "max_tokens")
         options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=request.logprobs)
         jobs.append(Job(f"{request_id}-{position}", prompt, options, position))
-    streams = [generate(server, served, job, ROUTE) for job in jobs]
+    payload = {"prompt": request.prompt}
+    recorder = recorder_for(server, http, principal, served, ROUTE, request_id, request, payload, timing)
+    streams = [generate(server, served, job, ROUTE, timing) for job in jobs]
     headers = response_headers(request_id, served)
     if request.stream:
         started = await start_all(streams)
-        body = _chunks(request_id, jobs, served, request, merge(started))
+        body = _chunks(request_id, jobs, served, request, merge(started), recorder)
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
     response = await until_disconnected(http, _collect(request_id, jobs, served, streams))
     if response is None:  # the client is gone; nobody reads this
         return Response(status_code=499)
+    if recorder is not None:
+        choices = sorted(response.choices, key=lambda choice: choice.index)
+        usage = response.usage
+        assert usage is not None
+        recorder.finish(
+            [choice.text for choice in choices],
+            [choice.finish_reason for choice in choices],
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
     return Response(response.model_dump_json(), media_type="application/json", headers=headers)
 
 
@@ -122,19 +136,24 @@ async def _chunks(
     served: ServedModel,
     request: CompletionRequest,
     steps: AsyncIterator[tuple[int, list[ChoiceDelta]]],
+    recorder: Recorder | None,
 ) -> AsyncIterator[str]:
     created = int(time.time())
     n = request.n
     offsets = [0] * (n * len(jobs))
+    texts = [""] * (n * len(jobs))
+    finish_reasons: list[str | None] = [None] * (n * len(jobs))
     generated = 0
     try:
         async for position, step in steps:
             choices = []
             for delta in step:
                 generated += delta.token_count
+                index = position * n + delta.index
+                texts[index] += delta.text
+                finish_reasons[index] = delta.finish_reason or finish_reasons[index]
                 if not delta.text and delta.finish_reason is None and not delta.logprobs:
                     continue
-                index = position * n + delta.index
                 logprobs = None
                 if delta.logprobs is not None:
                     logprobs = _logprobs(delta.logprobs, offsets[index])
@@ -157,7 +176,10 @@ async def _chunks(
             yield sse(usage.model_dump_json(exclude_none=True))
     except Exception as exc:
         yield sse_error(exc)
+        recorder = None
     yield SSE_DONE
+    if recorder is not None:
+        recorder.finish(texts, finish_reasons, sum(len(job.prompt_token_ids) for job in jobs), generated)
 
 
 def _logprobs(tokens: list[TokenLogprob], start_offset: int) -> CompletionLogprobs:

@@ -19,6 +19,7 @@ from fastapi import Request
 from server.engine import ChoiceDelta, SamplingOptions, TokenLogprob
 from server.errors import ApiError, error_body
 from server.resolution import ServedModel
+from server.serving.recording import Timing
 from server.state import ReadyServer
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ class Collected:
     completion_tokens: int
 
 
-async def generate(server: ReadyServer, served: ServedModel, job: Job, route: str) -> Steps:
-    """The engine's steps for `job`, inside an admission slot and with its metrics recorded."""
+async def generate(
+    server: ReadyServer, served: ServedModel, job: Job, route: str, timing: Timing | None = None
+) -> Steps:
+    """The engine's steps for `job`, inside an admission slot and with its metrics recorded; `timing` (shared by a
+    request's jobs) learns when the first token came."""
     state = server.state
     state.admission.acquire()
     metrics = state.metrics
@@ -68,6 +72,8 @@ async def generate(server: ReadyServer, served: ServedModel, job: Job, route: st
             if first_token_at is None:
                 first_token_at = time.perf_counter()
                 metrics.time_to_first_token.labels(served.name, route).observe(first_token_at - started)
+                if timing is not None and timing.first_token is None:
+                    timing.first_token = first_token_at
             generated += sum(delta.token_count for delta in step)
             yield step
         outcome = "ok"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import httpx
@@ -12,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import SERVER_CONCURRENCY_LIMIT
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric
 
 pytestmark = pytest.mark.integration
 
@@ -119,24 +118,9 @@ def test_unknown_route_is_404_in_openai_shape(demo_server: ServerProcess) -> Non
     assert_error_shape(response.json())
 
 
-def _metric(server: ServerProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        match = re.match(rf"{name}(?:{{(.*)}})? (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
 def _wait_until_idle(server: ServerProcess, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
-    while _metric(server, "loradock_requests_in_flight") > 0:
+    while metric(server, "loradock_requests_in_flight") > 0:
         assert time.monotonic() < deadline, "requests still in flight after their clients left"
         time.sleep(0.2)
 
@@ -144,7 +128,7 @@ def _wait_until_idle(server: ServerProcess, timeout_s: float = 20) -> None:
 def test_overload_is_503_and_abandoned_streams_are_aborted(demo_server: ServerProcess) -> None:
     """The session server admits a fixed number of requests at once; the rest get 503 + Retry-After, and hanging
     up aborts them."""
-    aborted_before = _metric(demo_server, "loradock_requests_total", outcome="aborted")
+    aborted_before = metric(demo_server, "loradock_requests_total", outcome="aborted")
 
     async def flood() -> list[int]:
         async with httpx.AsyncClient(base_url=demo_server.url, timeout=120) as http:
@@ -169,31 +153,31 @@ def test_overload_is_503_and_abandoned_streams_are_aborted(demo_server: ServerPr
     assert statuses.count(200) == SERVER_CONCURRENCY_LIMIT and statuses.count(503) == 8, statuses
     _wait_until_idle(demo_server)
     assert (
-        _metric(demo_server, "loradock_requests_total", outcome="aborted") - aborted_before >= SERVER_CONCURRENCY_LIMIT
+        metric(demo_server, "loradock_requests_total", outcome="aborted") - aborted_before >= SERVER_CONCURRENCY_LIMIT
     )
 
 
 def test_client_timeout_aborts_a_whole_response(demo_server: ServerProcess) -> None:
-    aborted_before = _metric(demo_server, "loradock_requests_total", outcome="aborted", route="chat")
+    aborted_before = metric(demo_server, "loradock_requests_total", outcome="aborted", route="chat")
     essay = [{"role": "user", "content": "Write a long essay on the history of Rome."}]
     body = {"model": BASE, "messages": essay, "max_tokens": 1500}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{demo_server.url}/v1/chat/completions", json=body, timeout=1.5)
     _wait_until_idle(demo_server)
-    assert _metric(demo_server, "loradock_requests_total", outcome="aborted", route="chat") == aborted_before + 1
+    assert metric(demo_server, "loradock_requests_total", outcome="aborted", route="chat") == aborted_before + 1
 
 
 def test_metrics_count_requests_latency_ttft_tokens_and_errors(
     client: openai.OpenAI, demo_server: ServerProcess
 ) -> None:
-    before = _metric(demo_server, "loradock_requests_total", model=BASE, outcome="ok")
-    tokens_before = _metric(demo_server, "loradock_completion_tokens_total", model=BASE)
+    before = metric(demo_server, "loradock_requests_total", model=BASE, outcome="ok")
+    tokens_before = metric(demo_server, "loradock_completion_tokens_total", model=BASE)
     client.chat.completions.create(model=BASE, messages=HELLO, max_tokens=3)
-    assert _metric(demo_server, "loradock_requests_total", model=BASE, outcome="ok") == before + 1
-    assert _metric(demo_server, "loradock_completion_tokens_total", model=BASE) >= tokens_before + 1
-    assert _metric(demo_server, "loradock_time_to_first_token_seconds_count", model=BASE) >= 1
-    assert _metric(demo_server, "loradock_request_latency_seconds_count", model=BASE) >= 1
-    assert _metric(demo_server, "loradock_prompt_tokens_total", model=BASE) > 0
+    assert metric(demo_server, "loradock_requests_total", model=BASE, outcome="ok") == before + 1
+    assert metric(demo_server, "loradock_completion_tokens_total", model=BASE) >= tokens_before + 1
+    assert metric(demo_server, "loradock_time_to_first_token_seconds_count", model=BASE) >= 1
+    assert metric(demo_server, "loradock_request_latency_seconds_count", model=BASE) >= 1
+    assert metric(demo_server, "loradock_prompt_tokens_total", model=BASE) > 0
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=HELLO)
-    assert _metric(demo_server, "loradock_errors_total", status="404", code="model_not_found") >= 1
+    assert metric(demo_server, "loradock_errors_total", status="404", code="model_not_found") >= 1

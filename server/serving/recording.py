@@ -1,0 +1,111 @@
+"""What a request leaves in the interaction log: decided before generation, submitted when it finished.
+
+Only finished completions are recorded (a failed or abandoned request has no answer to rate), and submitting
+never waits: see server/interaction_log.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from adapters.interactions import InteractionRecord
+from adapters.keys import Principal
+from server.interaction_log import OPT_OUT_HEADER
+from server.protocol import ChatMessage, GenerationRequest
+from server.resolution import ServedModel
+from server.state import ReadyServer
+
+NOT_PARAMETERS = frozenset({"model", "messages", "prompt", "stream", "stream_options", "user"})
+
+
+@dataclass
+class Timing:
+    """When a request arrived and when its first token came (the runner fills that in)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+
+@dataclass
+class Recorder:
+    server: ReadyServer
+    completion_id: str
+    served: ServedModel
+    tenant: str
+    route: str
+    request: dict[str, Any]
+    parameters: dict[str, Any]
+    timing: Timing
+
+    def finish(
+        self, outputs: list[str], finish_reasons: list[str | None], prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self.server.state.interaction_log.submit(self.record(outputs, finish_reasons, prompt_tokens, completion_tokens))
+
+    def record(
+        self,
+        outputs: list[str],
+        finish_reasons: list[str | None],
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        shadow_of: str | None = None,
+        timing: Timing | None = None,
+        served: ServedModel | None = None,
+        completion_id: str | None = None,
+    ) -> InteractionRecord:
+        timing = timing or self.timing
+        served = served or self.served
+        version = served.version
+        first = timing.first_token
+        return InteractionRecord(
+            id=completion_id or self.completion_id,
+            model=served.name,
+            adapter=version.name if version is not None else None,
+            version=version.version if version is not None else None,
+            tenant=self.tenant,
+            route=self.route,
+            request=self.request,
+            parameters=self.parameters,
+            outputs=outputs,
+            finish_reasons=finish_reasons,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=(time.perf_counter() - timing.started) * 1000,
+            ttft_ms=(first - timing.started) * 1000 if first is not None else None,
+            shadow_of=shadow_of,
+        )
+
+
+def recorder_for(
+    server: ReadyServer,
+    http: Request,
+    principal: Principal,
+    served: ServedModel,
+    route: str,
+    completion_id: str,
+    request: GenerationRequest,
+    payload: dict[str, Any],
+    timing: Timing,
+) -> Recorder | None:
+    """A recorder if this request is to be logged (logging on, no opt-out header, inside the sample), else None."""
+    adapter = served.version.name if served.version is not None else None
+    if not server.state.interaction_log.wants(adapter, http.headers.get(OPT_OUT_HEADER)):
+        return None
+    parameters = request.model_dump(mode="json", exclude=set(NOT_PARAMETERS), exclude_none=True, by_alias=True)
+    return Recorder(server, completion_id, served, principal.tenant, route, payload, parameters, timing)
+
+
+def chat_payload(messages: list[ChatMessage]) -> dict[str, Any]:
+    """Messages as plain {"role", "content"} text (content parts joined): the shape training files use."""
+    plain = []
+    for message in messages:
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(part.text or "" for part in content)
+        plain.append({"role": message.role, "content": content or ""})
+    return {"messages": plain}
