@@ -27,9 +27,13 @@ demo: install
 	@echo "Once the server says it is ready, ask the base and the tuned adapter the same thing:"
 	@$(BIN)/python -m training.demo_task
 	@echo
-	@# A fine-tuning worker runs beside the server (POST /v1/fine_tuning/jobs) and stops with it.
-	$(BIN)/loradock worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	  $(BIN)/loradock serve --base-model SmolLM2-135M-Instruct
+	@# A fine-tuning worker runs beside the server (POST /v1/fine_tuning/jobs) and stops with it. Once the server
+	@# is ready, the production loop runs once (about 5 minutes): traffic, feedback, retrain, promote.
+	$(BIN)/loradock worker & worker=$$!; \
+	  $(BIN)/loradock serve --base-model SmolLM2-135M-Instruct & server=$$!; \
+	  trap 'kill $$worker $$server 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/python -m training.demo_loop --skip-if-retrained; \
+	  wait $$server
 
 test: install
 	$(BIN)/pytest -m "" --durations=15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,45 @@ def worker(
     run_worker(Settings(), console, once=once)
 
 
+def retrain(
+    adapter: str = typer.Argument(..., help="The adapter to improve from its production feedback."),
+    method: str = typer.Option("supervised", help="supervised (corrections and well-rated answers) or dpo."),
+    from_scratch: bool = typer.Option(False, help="Fresh LoRA weights instead of continuing from prod's."),
+    since: datetime | None = typer.Option(None, help="Only feedback given or updated at or after this time."),  # noqa: B008
+    min_score: float = typer.Option(0.5, help="Answers without a correction need every rating at least this."),
+    holdout: float = typer.Option(0.25, min=0, max=0.9, help="Share of corrected completions kept to evaluate on."),
+    replay: float = typer.Option(3.0, min=0, help="Rows of original training data per feedback row (forgetting)."),
+    epochs: float = typer.Option(2.0, help="Passes over the feedback + replay rows."),
+    seed: int = typer.Option(0, help="Seed of the held-out choice, the replay sample and training."),
+    set_: list[str] = typer.Option([], "--set", help="Training settings on top of prod's, as section.key=value."),  # noqa: B008
+) -> None:
+    """Train the next version of ADAPTER from feedback (+ replay), compare it with prod, register it as candidate."""
+    from adapters.datafiles.readers import DataError
+    from adapters.errors import HubError
+    from training.config import ConfigError
+    from training.retrain import RetrainOptions, run_retrain
+
+    if method not in ("supervised", "dpo"):
+        raise typer.BadParameter("--method must be supervised or dpo")
+    options = RetrainOptions(
+        adapter,
+        method=method,  # type: ignore[arg-type]
+        from_scratch=from_scratch,
+        since=since,
+        min_score=min_score,
+        holdout=holdout,
+        replay=replay,
+        epochs=epochs,
+        seed=seed,
+        overrides=_parse_sets(set_),
+    )
+    try:
+        run_retrain(options, Settings(), console)
+    except (ConfigError, DataError, HubError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs, each value read as YAML (numbers, true/false, null, [lists]) like the config file."""
     import yaml
@@ -154,4 +194,5 @@ def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command("eval")(evaluate)
     app.command()(worker)
+    app.command()(retrain)
     register_exports(app)

@@ -158,6 +158,19 @@ def generate_answers(
     lora_rank: int,
 ) -> dict[str, list[str]]:
     """Greedy answers of the base and of base + adapter, from one vLLM engine."""
+    models = {"base": None, "tuned": adapter_dir}
+    return generate_with_adapters(base_path, models, tokenizer, chats, max_new_tokens, lora_rank)
+
+
+def generate_with_adapters(
+    base_path: str,
+    models: dict[str, Path | None],
+    tokenizer: Any,
+    chats: list[Example],
+    max_new_tokens: int,
+    lora_rank: int,
+) -> dict[str, list[str]]:
+    """Greedy answers of each named model (an adapter folder, or None for the base) from one vLLM engine."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
@@ -179,13 +192,12 @@ def generate_answers(
     try:
         params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
         inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts]
-        adapter = LoRARequest("tuned", 1, str(adapter_dir))
-        base = engine.generate(inputs, params, use_tqdm=False)
-        tuned = engine.generate(inputs, params, lora_request=adapter, use_tqdm=False)
-        return {
-            "base": [output.outputs[0].text for output in base],
-            "tuned": [output.outputs[0].text for output in tuned],
-        }
+        answers = {}
+        for lora_id, (name, folder) in enumerate(models.items(), start=1):
+            adapter = LoRARequest(name, lora_id, str(folder)) if folder is not None else None
+            outputs = engine.generate(inputs, params, lora_request=adapter, use_tqdm=False)
+            answers[name] = [output.outputs[0].text for output in outputs]
+        return answers
     finally:
         engine.llm_engine.engine_core.shutdown()  # stop the engine-core process now, not at garbage collection
         del engine

@@ -84,7 +84,7 @@ async def create_chat_completion(
             response.usage.prompt_tokens,
             response.usage.completion_tokens,
         )
-        await mirror(server, recorder, job)
+        mirror(server, recorder, job)
     return Response(
         response.model_dump_json(), media_type="application/json", headers=response_headers(job.request_id, served)
     )
@@ -155,7 +155,7 @@ async def _chunks(
     yield SSE_DONE
     if recorder is not None:
         recorder.finish(texts, finish_reasons, len(job.prompt_token_ids), generated)
-        await mirror(server, recorder, job)
+        mirror(server, recorder, job)
 
 
 def _logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:

@@ -22,21 +22,30 @@ logger = logging.getLogger(__name__)
 ROUTE = "shadow"
 
 
-async def mirror(server: ReadyServer, recorder: Recorder, job: Job) -> None:
-    """Start the shadow copy of a finished live request, if its adapter has a shadow version."""
-    live = recorder.served.version
-    if live is None:
+def mirror(server: ReadyServer, recorder: Recorder, job: Job) -> None:
+    """Start the shadow copy of a finished live request in the background (its response is not delayed)."""
+    if recorder.served.version is None:
         return
+    task = asyncio.create_task(_mirror(server, recorder, job))
+    server.state.background.add(task)
+    task.add_done_callback(server.state.background.discard)
+
+
+async def _mirror(server: ReadyServer, recorder: Recorder, job: Job) -> None:
+    live = recorder.served.version
+    assert live is not None
     state = server.state
-    shadow = await state.resolver.shadow_for(live.name)
+    try:
+        shadow = await state.resolver.shadow_for(live.name)
+    except Exception as exc:  # the database is briefly unreachable: no copy this time
+        logger.warning("could not look up the shadow of %s: %s", live.name, exc)
+        return
     if shadow is None or shadow.version is None or shadow.version.version == live.version:
         return
     if state.shadow_slots.locked():
         state.metrics.shadow_requests.labels(live.name, "skipped").inc()
         return
-    task = asyncio.create_task(_answer(server, recorder, job, shadow))
-    state.background.add(task)
-    task.add_done_callback(state.background.discard)
+    await _answer(server, recorder, job, shadow)
 
 
 async def _answer(server: ReadyServer, recorder: Recorder, job: Job, shadow: ServedModel) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -18,7 +19,13 @@ import pytest
 
 from adapters.database import open_database
 from adapters.errors import NotFoundError
+from adapters.fingerprint import BaseModelSpec
+from adapters.hub import Hub
 from adapters.interactions import InteractionStore
+from adapters.naming import DEFAULT_ALIAS, SHADOW_ALIAS
+from adapters.records import AliasTarget
+from adapters.settings import Settings
+from adapters.sources import stage_source
 from tests.helpers import LORADOCK, ServerProcess, metric
 
 pytestmark = pytest.mark.integration
@@ -75,7 +82,7 @@ def _feedback(server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
 
 
 def test_200_completions_feedback_on_50_and_the_export_has_exactly_the_expected_rows(
-    demo_server: ServerProcess, client: openai.OpenAI, tmp_path: Any
+    demo_server: ServerProcess, client: openai.OpenAI, tiny_model: Path, tmp_path: Path
 ) -> None:
     answers = _parallel(lambda i: _ask(client, i, stream=i % 4 == 0), 200)
     database = open_database(f"sqlite:///{demo_server.home / 'loradock.db'}")
@@ -156,6 +163,34 @@ def test_200_completions_feedback_on_50_and_the_export_has_exactly_the_expected_
         assert len(dpo) == 20
         assert {row["chosen"] for row in dpo} == set(corrections.values())
         assert {row["rejected"] for row in dpo} == {answers[i][1] for i in range(20, 40)}
+
+        # The DPO export feeds `loradock train --method dpo` (TRL's DPO trainer) as it is.
+        trained = subprocess.run(
+            [
+                str(LORADOCK),
+                "train",
+                "--data",
+                str(tmp_path / "alpha-dpo.jsonl"),
+                "--method",
+                "dpo",
+                "--base-model",
+                str(tiny_model),
+                "--output-dir",
+                str(tmp_path / "dpo-run"),
+                "--set",
+                "max_steps=2",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "evaluate=false",
+            ],
+            env={**env, "LORADOCK_HOME": str(tmp_path / "train-home")},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+        assert (tmp_path / "dpo-run" / "adapter" / "adapter_model.safetensors").is_file()
     finally:
         database.dispose()
 
@@ -164,7 +199,7 @@ def stored_turns(store: InteractionStore, completion_id: str) -> list[dict[str, 
     return list(store.get(completion_id).request["messages"])
 
 
-def export_rows(env: dict[str, str], tmp_path: Any, fmt: str) -> list[dict[str, Any]]:
+def export_rows(env: dict[str, str], tmp_path: Path, fmt: str) -> list[dict[str, Any]]:
     out = tmp_path / f"alpha-{fmt}.jsonl"
     subprocess.run(
         [str(LORADOCK), "feedback", "export", "alpha", "--format", fmt, "--out", str(out)],
@@ -222,3 +257,50 @@ def test_the_log_keeps_up_with_64_streams_and_a_locked_database_fails_no_request
         _wait_for(lambda: _logged(store, after))
     finally:
         database.dispose()
+
+
+def test_an_adapters_sampling_policy_applies_within_seconds(demo_server: ServerProcess, client: openai.OpenAI) -> None:
+    env = {**os.environ, "LORADOCK_HOME": str(demo_server.home)}
+
+    def policy(rate: str) -> None:
+        command = [str(LORADOCK), "interactions", "policy", "beta", "--sample-rate", rate, "--retention-days", "30"]
+        subprocess.run(command, env=env, check=True, timeout=60, capture_output=True)
+
+    def beta_sampled_out() -> bool:
+        before = metric(demo_server, "loradock_interactions_skipped_total", reason="sampled_out")
+        client.chat.completions.create(model="beta", messages=_question(1), max_tokens=2)
+        return metric(demo_server, "loradock_interactions_skipped_total", reason="sampled_out") > before
+
+    policy("0")
+    try:
+        _wait_for(beta_sampled_out)
+    finally:
+        policy("1")
+
+
+def test_a_shadow_version_answers_copies_of_live_traffic_never_returned(
+    demo_server: ServerProcess, test_adapters: dict[str, Path], demo_base: BaseModelSpec
+) -> None:
+    hub = Hub.open(Settings(home=demo_server.home, max_lora_rank=16))
+    try:
+        for folder in (test_adapters["alpha"], test_adapters["beta"]):
+            hub.registry.register(
+                "gamma", stage_source(hub.store, str(folder), hub.registry.limits), demo_base, created_by="t"
+            )
+        hub.registry.set_alias("gamma", DEFAULT_ALIAS, [AliasTarget(version=1)], updated_by="t")
+        hub.registry.set_alias("gamma", SHADOW_ALIAS, [AliasTarget(version=2)], updated_by="t")
+        live = []
+        for i in range(6):
+            body = {"model": "gamma", "messages": _question(i), "temperature": 0, "max_tokens": 6, "stream": i % 2 == 1}
+            response = httpx.post(f"{demo_server.url}/v1/chat/completions", json=body, timeout=120)
+            assert response.status_code == 200 and response.headers["x-loradock-adapter-version"] == "1"
+            live.append(response.headers["x-request-id"])
+        _wait_for(lambda: len(hub.interactions.shadow_pairs("gamma", 2)) == 6)
+        pairs = hub.interactions.shadow_pairs("gamma", 2)
+        assert sorted(pair[0].id for pair in pairs) == sorted(live)
+        assert all(shadow.version == 2 and shadow.shadow_of == first.id for first, shadow in pairs)
+        assert any(first.outputs != shadow.outputs for first, shadow in pairs)  # two different adapters answered
+        assert _feedback(demo_server, {"completion_id": pairs[0][1].id, "rating": "up"}).status_code == 404
+        assert metric(demo_server, "loradock_shadow_requests_total", adapter="gamma", outcome="ok") == 6
+    finally:
+        hub.close()

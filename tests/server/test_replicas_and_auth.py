@@ -128,6 +128,30 @@ def test_keys_are_required_and_scoped(cluster, demo_base: BaseModelSpec, tmp_pat
     assert httpx.get(f"{a.url}/health").status_code == 200  # probes stay open
 
 
+def test_feedback_only_on_your_own_tenants_completions_and_listing_needs_admin(cluster) -> None:
+    a, b, keys = cluster
+    reply = openai_client(a, keys["inference"]).chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=HELLO, max_tokens=4
+    )
+
+    def rate(server: ServerProcess, key: str) -> httpx.Response:
+        body = {"completion_id": reply.id, "rating": "up"}
+        return httpx.post(f"{server.url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"})
+
+    other_tenant = rate(a, keys["tenant"])
+    assert other_tenant.status_code == 404 and other_tenant.json()["error"]["code"] == "not_found"
+    assert rate(a, keys["inference"]).status_code == 201
+    assert rate(b, keys["inference"]).status_code == 200  # the other replica sees the same record (PostgreSQL)
+    assert httpx.post(f"{a.url}/v1/feedback", json={"completion_id": reply.id, "rating": "up"}).status_code == 401
+
+    def listing(key: str) -> httpx.Response:
+        return httpx.get(f"{b.url}/v1/feedback", headers={"Authorization": f"Bearer {key}"})
+
+    assert listing(keys["inference"]).status_code == 403
+    records = listing(keys["admin"]).json()["data"]
+    assert [(record["completion_id"], record["tenant"]) for record in records] == [(reply.id, "apps")]
+
+
 def test_auth_cannot_be_off_on_a_public_address(loradock_home: Path) -> None:
     done = subprocess.run(
         [str(LORADOCK), "serve", "--host", "0.0.0.0"],
