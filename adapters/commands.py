@@ -251,11 +251,13 @@ def _short(metadata: dict[str, Any], limit: int = 60) -> str:
 
 
 def register_commands(app: typer.Typer) -> None:
+    from adapters.drift.commands import register_drift_command
     from adapters.loop_commands import register_loop_commands
 
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(keys_app, name="keys")
     register_loop_commands(app)
+    register_drift_command(app)
 
 
 def _quality(report: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 
 from adapters.database import Database
@@ -52,6 +52,16 @@ class FeedbackInput(BaseModel):
     @property
     def effective_score(self) -> float:
         return self.score if self.score is not None else THUMBS[self.rating or "down"]
+
+
+NEGATIVE_BELOW = 0.5
+
+
+class FeedbackSummary(BaseModel):
+    count: int
+    negative: int
+    corrected: int
+    mean_score: float
 
 
 class FeedbackView(BaseModel):
@@ -165,6 +175,40 @@ class FeedbackStore:
                 select(Feedback, Interaction).join(Interaction).where(Feedback.completion_id == completion_id)
             ).all()
             return [FeedbackView.of(feedback, interaction) for feedback, interaction in rows]
+
+    def negatives(self, adapter: str, version: int, limit: int) -> list[bool]:
+        """Whether each of the latest `limit` ratings of one version was negative (score below 0.5), newest first:
+        the feedback trend drift watches."""
+        with self.db.read() as session:
+            scores = session.scalars(
+                select(Feedback.score)
+                .join(Interaction)
+                .where(Interaction.adapter == adapter, Interaction.version == version)
+                .order_by(Feedback.seq.desc())
+                .limit(limit)
+            ).all()
+        return [score < NEGATIVE_BELOW for score in scores]
+
+    def summary(self) -> dict[str, FeedbackSummary]:
+        """Feedback per adapter ("(base)" for the base model): counts, negatives, corrections, mean score."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    Interaction.adapter,
+                    func.count(Feedback.seq),
+                    func.sum(case((Feedback.score < NEGATIVE_BELOW, 1), else_=0)),
+                    func.count(Feedback.correction),
+                    func.avg(Feedback.score),
+                )
+                .join(Interaction)
+                .group_by(Interaction.adapter)
+            ).all()
+        return {
+            adapter or "(base)": FeedbackSummary(
+                count=count, negative=int(negative or 0), corrected=corrected, mean_score=float(mean or 0)
+            )
+            for adapter, count, negative, corrected, mean in rows
+        }
 
     def list(self, where: FeedbackFilter, *, after: str | None = None, limit: int = 100) -> Page:
         """Newest first, `limit` at a time; `after` is the last id of the previous page."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.database import Database, open_database
+from adapters.drift.store import DriftStore
 from adapters.feedback import FeedbackStore
 from adapters.fine_tuning import FineTuningStore
 from adapters.interactions import InteractionStore
@@ -23,6 +24,7 @@ class Hub:
     fine_tuning: FineTuningStore
     interactions: InteractionStore
     feedback: FeedbackStore
+    drift: DriftStore
 
     @classmethod
     def open(cls, settings: Settings) -> Hub:
@@ -37,7 +39,14 @@ class Hub:
         fine_tuning = FineTuningStore(database, settings.files_dir, settings.max_file_bytes)
         registry = Registry(database, store, limits)
         return cls(
-            settings, database, store, registry, fine_tuning, InteractionStore(database), FeedbackStore(database)
+            settings,
+            database,
+            store,
+            registry,
+            fine_tuning,
+            InteractionStore(database),
+            FeedbackStore(database),
+            DriftStore(database),
         )
 
     def close(self) -> None:

@@ -111,6 +111,31 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Shadow requests (a candidate answering copies of live traffic) run at once."
     )
 
+    # --- drift ---------------------------------------------------------------------------------------------
+    drift: bool = Field(default=True, description="Watch each adapter version's traffic for drift from its profile.")
+    drift_window: int = Field(default=200, ge=20, description="Completions in the count window.")
+    drift_window_s: float = Field(default=3600.0, gt=0, description="Seconds the time window spans.")
+    drift_evaluate_every: int = Field(
+        default=50, ge=1, description="New completions of a version between two evaluations of its windows."
+    )
+    drift_evaluate_s: float = Field(
+        default=30.0, gt=0, description="A version with new completions is evaluated at least this often."
+    )
+    drift_profile_requests: int = Field(
+        default=200, ge=20, description="Production prompts a version with no profile is profiled from."
+    )
+    drift_embed_per_s: float = Field(
+        default=50.0, gt=0, description="Prompts embedded per second at most (the rest count for length and tokens)."
+    )
+    drift_queue_size: int = Field(default=10_000, ge=1, description="Completions waiting for the drift thread.")
+    drift_snapshot_s: float = Field(
+        default=60.0, ge=0, description="Least time between two stored snapshots of a window whose status holds."
+    )
+    drift_history_days: float = Field(default=30.0, gt=0, description="Days drift snapshots are kept.")
+    dashboard_sample_s: float = Field(
+        default=10.0, gt=0, description="How often the dashboard's traffic history samples the metrics."
+    )
+
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ACTIVE, DEPRECATED, PURGED = "active", "deprecated", "purged"
@@ -261,3 +272,32 @@ class LogPolicy(Base):
     retention_days: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class DriftProfileRow(Base):
+    """A version's reference profile for drift (adapters/drift/profile.py), as one compressed numpy archive."""
+
+    __tablename__ = "drift_profiles"
+
+    lora_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    prompts: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class DriftSnapshot(Base):
+    """One evaluation of a drift window, kept for the history chart and for `loradock drift` on any machine."""
+
+    __tablename__ = "drift_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    adapter: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
+    n: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column()
+    replica: Mapped[str] = mapped_column(String(128))

@@ -203,8 +203,10 @@ def _register(
     parent: str | None,
     tenant: str | None,
 ) -> VersionView:
+    from adapters.drift.profile import examples_reference
     from adapters.hub import Hub
     from adapters.sources import stage_source
+    from training.profiling import profile_training_data
 
     hub = Hub.open(settings)
     try:
@@ -224,9 +226,12 @@ def _register(
                 "tuned": evaluation["tuned"]["task"].get(main),
                 "test_loss": evaluation["tuned"]["loss"],
             }
-        return hub.registry.register(
+        version = hub.registry.register(
             name, staged, base, created_by=f"train:{run_dir.name}", metadata=metadata, tenant=tenant
         )
+        prompts, answers = examples_reference(prepared.splits["train"])
+        profile_training_data(hub, version, prompts, answers, f"train:{run_dir.name}")
+        return version
     finally:
         hub.close()
 

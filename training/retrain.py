@@ -26,6 +26,7 @@ from rich.table import Table
 from adapters.base_models import local_model_folder, resolve_base_model
 from adapters.datafiles.readers import DataError, read_rows
 from adapters.datafiles.shapes import Example, detect_shape, to_examples
+from adapters.drift.profile import chat_reference
 from adapters.feedback_export import export_feedback
 from adapters.fingerprint import BaseModelSpec
 from adapters.hub import Hub
@@ -37,6 +38,7 @@ from adapters.settings import Settings
 from adapters.sources import stage_source
 from training.config import ConfigError, TrainConfig, load_config
 from training.metrics import task_metrics
+from training.profiling import profile_training_data
 
 ORIGINAL_DATA = "original_data"
 """Version metadata key: the first run's {"train", "validation", "test"} split files, inherited by retrains."""
@@ -132,7 +134,7 @@ def run_retrain(options: RetrainOptions, settings: Settings, console: Console) -
         "feedback": sorted({feedback_id for row in training_rows for feedback_id in row.feedback_ids}),
     }
     version = _register(
-        options.adapter, trained.adapter_dir, base_folder, settings, run_dir, prod, comparison, learned, original
+        options.adapter, trained.adapter_dir, base_folder, settings, run_dir, prod, comparison, learned, original, mixed
     )
     _write_report(run_dir, version, comparison)
     show_comparison(console, prod, version, comparison)
@@ -265,6 +267,7 @@ def _register(
     comparison: dict[str, Any],
     learned: dict[str, list[str]],
     original: dict[str, str],
+    trained_on: list[dict[str, Any]],
 ) -> VersionView:
     hub = Hub.open(settings)
     try:
@@ -285,6 +288,8 @@ def _register(
             name, staged, base, created_by=f"retrain:{run_dir.name}", metadata=metadata, tenant=prod.owner
         )
         hub.registry.set_alias(name, CANDIDATE_ALIAS, [AliasTarget(version=version.version)], updated_by="retrain")
+        prompts, answers = chat_reference(trained_on)
+        profile_training_data(hub, version, prompts, answers, f"retrain:{run_dir.name}")
         return version
     finally:
         hub.close()

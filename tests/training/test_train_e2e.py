@@ -79,8 +79,12 @@ def test_data_file_to_registered_adapter_served_by_the_real_server(tiny_model: P
     assert record["steps"] == 8 and record["evaluation"]["tuned"]["task"]["count"] > 0
     hub = Hub.open(Settings(home=home))
     version = hub.registry.get_version("tiny-tickets", 1)
+    profile = hub.drift.load_profile(version.lora_id)
     hub.close()
     assert version.source.kind == "training"
+    # the drift reference: the training split's prompts and answers
+    assert profile is not None and profile.source == "training-data"
+    assert profile.prompts == version.metadata["splits"]["train"] and profile.answers == profile.prompts
     assert version.metadata["run_id"] == run.name and version.metadata["dataset_sha256"] == record["dataset_sha256"]
     assert version.metadata["manifest"]["contract"]["eos_token"] == "<|im_end|>"
     continued = tmp_path / "continued"
