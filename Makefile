@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install demo test test-quick lint clean
+.PHONY: install browser demo test test-quick lint clean
 
 install: $(STAMP)
 
@@ -29,13 +29,19 @@ demo: install
 	@echo
 	@# A fine-tuning worker runs beside the server (POST /v1/fine_tuning/jobs) and stops with it. Once the server
 	@# is ready, the production loop runs once (about 5 minutes): traffic, feedback, retrain, promote.
+	@# The ops dashboard is then at http://127.0.0.1:8000/ui, drift at /v1/adapters/support-tickets/drift.
 	$(BIN)/loradock worker & worker=$$!; \
 	  $(BIN)/loradock serve --base-model SmolLM2-135M-Instruct & server=$$!; \
 	  trap 'kill $$worker $$server 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/python -m training.demo_loop --skip-if-retrained; \
 	  wait $$server
 
-test: install
+# The dashboard tests drive headless Chromium (Debian's package; root installs it when it is missing).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || { echo "the dashboard tests need Chromium: apt-get install chromium" >&2; exit 1; }
+
+test: install browser
 	$(BIN)/pytest -m "" --durations=15
 
 test-quick: install

@@ -24,7 +24,7 @@ from server.auth import KeyCache
 from server.engine import start_engine
 from server.errors import install_error_handlers
 from server.resolution import HubResolver
-from server.routes import adapters, feedback, files, fine_tuning, health, inference
+from server.routes import adapters, dashboard, feedback, files, fine_tuning, health, inference
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,11 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.interaction_log.start()
+        state.drift.start()
         background = [
             asyncio.create_task(_load_engine(state, on_fatal)),
             asyncio.create_task(_sweep_retired_adapters(state)),
+            asyncio.create_task(_sample_traffic(state)),
         ]
         try:
             yield
@@ -68,6 +70,7 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
                 task.cancel()
             await asyncio.gather(*state.background, return_exceptions=True)
             await asyncio.to_thread(state.interaction_log.close)
+            await asyncio.to_thread(state.drift.close)
             if state.prompts is not None:
                 state.prompts.close()
             if state.engine is not None:
@@ -88,6 +91,7 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
     app.include_router(feedback.router)
+    app.include_router(dashboard.router)
     return app
 
 
@@ -116,3 +120,10 @@ async def _sweep_retired_adapters(state: ServerState) -> None:
             await state.adapters.drop_retired(state.hub.registry)
         except Exception:  # the database may be briefly unreachable; the next sweep tries again
             logger.exception("could not check resident adapters against the hub")
+
+
+async def _sample_traffic(state: ServerState) -> None:
+    """Keep the dashboard's traffic history (server/traffic.py)."""
+    while True:
+        state.traffic.record()
+        await asyncio.sleep(state.settings.dashboard_sample_s)

@@ -7,13 +7,15 @@ without keys (the demo); any other bind address requires them (enforced by Setti
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from adapters.keys import ANONYMOUS_ADMIN, Principal, authenticate, hash_key
-from server.errors import AuthenticationError, PermissionDeniedError
+from server.errors import AuthenticationError, BrowserAuthenticationError, PermissionDeniedError
 from server.state import ServerState, get_state
 
 KEY_CACHE_S = 10.0
@@ -44,15 +46,40 @@ async def get_principal(request: Request, state: Annotated[ServerState, Depends(
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthenticationError("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    key = key.strip()
+    principal = await _principal_for(state, key.strip())
+    if principal is None:
+        raise AuthenticationError("Incorrect API key provided.")
+    return principal
+
+
+async def _principal_for(state: ServerState, key: str) -> Principal | None:
     key_hash = hash_key(key)
     known, principal = state.key_cache.get(key_hash)
     if not known:
         bootstrap = state.settings.admin_key.get_secret_value() if state.settings.admin_key else None
         principal = await asyncio.to_thread(authenticate, state.hub.database, key, bootstrap)
         state.key_cache.put(key_hash, principal)
+    return principal
+
+
+async def require_browser_admin(request: Request, state: Annotated[ServerState, Depends(get_state)]) -> Principal:
+    """An admin key from a browser (HTTP Basic, the key as password) or a tool (Bearer): for the dashboard."""
+    if not state.settings.auth_required:
+        return ANONYMOUS_ADMIN
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    key = credentials.strip()
+    if scheme.lower() == "basic":
+        try:
+            key = base64.b64decode(key, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            key = ""
+    elif scheme.lower() != "bearer":
+        key = ""
+    principal = await _principal_for(state, key) if key else None
     if principal is None:
-        raise AuthenticationError("Incorrect API key provided.")
+        raise BrowserAuthenticationError("The dashboard needs an admin key: give it as the password.")
+    if not principal.is_admin:
+        raise PermissionDeniedError("The dashboard needs an admin key.")
     return principal
 
 
@@ -64,3 +91,4 @@ async def require_admin(principal: Annotated[Principal, Depends(get_principal)])
 
 Caller = Annotated[Principal, Depends(get_principal)]
 Admin = Annotated[Principal, Depends(require_admin)]
+BrowserAdmin = Annotated[Principal, Depends(require_browser_admin)]

@@ -88,6 +88,13 @@ class AuthenticationError(ApiError):
     code = "invalid_api_key"
 
 
+class BrowserAuthenticationError(AuthenticationError):
+    """401 that asks a browser for the key (HTTP Basic: any user name, the API key as password)."""
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="loradock", charset="UTF-8"'}
+
+
 class PermissionDeniedError(ApiError):
     status_code = 403
     error_type = "permission_error"

@@ -26,6 +26,12 @@ OPT_OUT_HEADER = "x-loradock-log"
 """`X-Loradock-Log: off` on a request keeps it out of the log (and out of feedback and retraining)."""
 OPT_OUT_VALUES = frozenset({"off", "false", "0", "no"})
 BATCH = 256
+
+
+def opted_out(header: str | None) -> bool:
+    return header is not None and header.strip().lower() in OPT_OUT_VALUES
+
+
 POLICY_REFRESH_S = 5.0
 
 
@@ -66,7 +72,7 @@ class InteractionLog:
         """Whether to record this request: logging on, not opted out, and inside the adapter's sample."""
         if not self.enabled:
             return False
-        if opt_out is not None and opt_out.strip().lower() in OPT_OUT_VALUES:
+        if opted_out(opt_out):
             self._metrics.interactions_skipped.labels("opted_out").inc()
             return False
         rate = self._policies.get(adapter or "", self._default).sample_rate

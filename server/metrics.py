@@ -103,3 +103,33 @@ class ServerMetrics:
             ["adapter", "outcome"],
             registry=self.registry,
         )
+        self.drift_observations = Counter(
+            "loradock_drift_observations",
+            "Completions handed to the drift monitor: accepted (in the windows) or dropped (its queue was full).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.drift_status = Gauge(
+            "loradock_drift_status",
+            "Drift status per adapter version and window: -1 insufficient data, 0 ok, 1 warn, 2 alert.",
+            ["adapter", "version", "window"],
+            registry=self.registry,
+        )
+        self.drift_score = Gauge(
+            "loradock_drift_score",
+            "The latest score of each drift test (see GET /v1/adapters/{name}/drift for its thresholds).",
+            ["adapter", "version", "window", "test"],
+            registry=self.registry,
+        )
+        self.drift_window = Gauge(
+            "loradock_drift_window_completions",
+            "Completions in each drift window at its latest evaluation.",
+            ["adapter", "version", "window"],
+            registry=self.registry,
+        )
+        self.drift_evaluation_seconds = Histogram(
+            "loradock_drift_evaluation_seconds",
+            "Time to evaluate the windows of one adapter version (in the drift thread, not in requests).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )

@@ -13,12 +13,14 @@ from adapters.hub import Hub
 from adapters.settings import Settings
 from server.adapter_cache import AdapterCache
 from server.admission import Admission
+from server.drift_monitor import DriftMonitor
 from server.engine import Engine
 from server.errors import EngineNotReadyError
 from server.interaction_log import InteractionLog
 from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder
 from server.resolution import HubResolver
+from server.traffic import TrafficHistory
 
 if TYPE_CHECKING:
     from server.auth import KeyCache
@@ -39,6 +41,8 @@ class ServerState:
     started_at: float = field(default_factory=time.time)
     admission: Admission = field(init=False)
     interaction_log: InteractionLog = field(init=False)
+    drift: DriftMonitor = field(init=False)
+    traffic: TrafficHistory = field(init=False)
     shadow_slots: asyncio.Semaphore = field(init=False)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Tasks started by requests that outlive them (shadow copies), kept referenced until they finish."""
@@ -46,6 +50,8 @@ class ServerState:
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.max_concurrent_requests, self.metrics.in_flight)
         self.interaction_log = InteractionLog(self.settings, self.metrics)
+        self.drift = DriftMonitor(self.settings, self.metrics)
+        self.traffic = TrafficHistory(self.metrics)
         self.shadow_slots = asyncio.Semaphore(self.settings.shadow_max_in_flight)
 
     def attach_engine(self, engine: Engine) -> None:

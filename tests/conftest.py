@@ -85,6 +85,13 @@ SERVER_ENV = {
     # Rank 16 keeps vLLM's CPU LoRA kernels (which pad every adapter to max_lora_rank) quick.
     "LORADOCK_MAX_LORA_RANK": "16",
     "LORADOCK_MAX_ADAPTER_BYTES": str(32 << 20),
+    # Small drift windows evaluated often, every evaluation stored: the drift tests see changes within seconds.
+    "LORADOCK_DRIFT_WINDOW": "40",
+    "LORADOCK_DRIFT_EVALUATE_EVERY": "10",
+    "LORADOCK_DRIFT_EVALUATE_S": "2",
+    "LORADOCK_DRIFT_PROFILE_REQUESTS": "20",
+    "LORADOCK_DRIFT_SNAPSHOT_S": "0",
+    "LORADOCK_DASHBOARD_SAMPLE_S": "2",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,7 +105,7 @@ def make_lora_adapter(
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 
@@ -199,3 +200,22 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             total += float(match.group(2))
     return total
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def chromium(*args: str) -> str:
+    """Run headless Chromium (what `make test` installs) and return what it printed (`--dump-dom`: the page)."""
+    executable = shutil.which("chromium")
+    assert executable, "browser tests need Chromium: `make test` installs it (Debian package chromium)"
+    done = subprocess.run([executable, *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

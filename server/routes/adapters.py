@@ -13,6 +13,8 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, model_validator
 from starlette.background import BackgroundTask
 
+from adapters.drift.reports import AdapterDrift
+from adapters.drift.summary import adapter_drift
 from adapters.errors import NotFoundError
 from adapters.keys import Principal
 from adapters.records import AdapterView, AliasTarget, AliasView, VersionView
@@ -113,6 +115,16 @@ async def get_adapter(name: str, state: State, caller: Caller) -> AdapterView:
     adapter = await _readable(state, caller, name, state.hub.registry.get_adapter, name)
     assert isinstance(adapter, AdapterView)
     return adapter
+
+
+@router.get("/{name}/drift")
+async def get_drift(name: str, state: State, caller: Caller) -> AdapterDrift:
+    """Drift of each served version against its reference profile: statuses, per-test scores with thresholds,
+    windows, the most drifted prompts, and the last day's history."""
+    adapter = await _readable(state, caller, name, state.hub.registry.get_adapter, name)
+    assert isinstance(adapter, AdapterView)
+    live = state.drift.versions(name)
+    return await asyncio.to_thread(adapter_drift, state.hub.drift, adapter, live=live, replica=state.drift.replica)
 
 
 @router.get("/{name}/versions/{version}")

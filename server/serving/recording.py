@@ -1,7 +1,9 @@
-"""What a request leaves in the interaction log: decided before generation, submitted when it finished.
+"""What a request leaves behind: its interaction log record and its drift observation, decided before
+generation and submitted when it finished.
 
 Only finished completions are recorded (a failed or abandoned request has no answer to rate), and submitting
-never waits: see server/interaction_log.py.
+never waits: see server/interaction_log.py and server/drift_monitor.py. Drift sees every completion of an
+adapter, sampled out of the log or not; an opted-out one counts in the statistics but is never shown as an example.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from fastapi import Request
 
 from adapters.interactions import InteractionRecord
 from adapters.keys import Principal
-from server.interaction_log import OPT_OUT_HEADER
+from server.drift_monitor import Completion
+from server.interaction_log import OPT_OUT_HEADER, opted_out
 from server.protocol import ChatMessage, GenerationRequest
 from server.resolution import ServedModel
 from server.state import ReadyServer
@@ -40,11 +43,29 @@ class Recorder:
     request: dict[str, Any]
     parameters: dict[str, Any]
     timing: Timing
+    logged: bool
+    """In the interaction log (else only drift watches it)."""
+    opted_out: bool
 
     def finish(
         self, outputs: list[str], finish_reasons: list[str | None], prompt_tokens: int, completion_tokens: int
     ) -> None:
-        self.server.state.interaction_log.submit(self.record(outputs, finish_reasons, prompt_tokens, completion_tokens))
+        state = self.server.state
+        if self.logged:
+            state.interaction_log.submit(self.record(outputs, finish_reasons, prompt_tokens, completion_tokens))
+        version = self.served.version
+        if version is not None and state.drift.enabled:
+            state.drift.observe(
+                Completion(
+                    version.name,
+                    version.version,
+                    version.lora_id,
+                    self.request,
+                    outputs[0] if outputs else "",
+                    finish_reasons[0] if finish_reasons else None,
+                    keep_text=not self.opted_out,
+                )
+            )
 
     def record(
         self,
@@ -92,12 +113,17 @@ def recorder_for(
     payload: dict[str, Any],
     timing: Timing,
 ) -> Recorder | None:
-    """A recorder if this request is to be logged (logging on, no opt-out header, inside the sample), else None."""
+    """A recorder if this request is to be logged (logging on, no opt-out header, inside the sample) or watched
+    for drift (an adapter answers it), else None."""
     adapter = served.version.name if served.version is not None else None
-    if not server.state.interaction_log.wants(adapter, http.headers.get(OPT_OUT_HEADER)):
+    header = http.headers.get(OPT_OUT_HEADER)
+    logged = server.state.interaction_log.wants(adapter, header)
+    if not logged and (adapter is None or not server.state.drift.enabled):
         return None
     parameters = request.model_dump(mode="json", exclude=set(NOT_PARAMETERS), exclude_none=True, by_alias=True)
-    return Recorder(server, completion_id, served, principal.tenant, route, payload, parameters, timing)
+    return Recorder(
+        server, completion_id, served, principal.tenant, route, payload, parameters, timing, logged, opted_out(header)
+    )
 
 
 def chat_payload(messages: list[ChatMessage]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ ROUTE = "shadow"
 
 def mirror(server: ReadyServer, recorder: Recorder, job: Job) -> None:
     """Start the shadow copy of a finished live request in the background (its response is not delayed)."""
-    if recorder.served.version is None:
+    if recorder.served.version is None or not recorder.logged:
         return
     task = asyncio.create_task(_mirror(server, recorder, job))
     server.state.background.add(task)

@@ -16,7 +16,7 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.keys import create_key, revoke_key
 from tests.adapter_factory import write_adapter
 from tests.conftest import SERVER_ENV, fresh_postgres_database
-from tests.helpers import LORADOCK, ServerProcess, adapter_files, upload_adapter
+from tests.helpers import LORADOCK, ServerProcess, adapter_files, chromium, upload_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +162,24 @@ def test_auth_cannot_be_off_on_a_public_address(loradock_home: Path) -> None:
     )
     assert done.returncode == 2
     assert "auth cannot be off" in done.stderr
+
+
+def test_the_dashboard_asks_a_browser_for_an_admin_key(cluster) -> None:
+    a, _, keys = cluster
+    refused = httpx.get(f"{a.url}/ui")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+    assert httpx.get(f"{a.url}/ui", auth=("ops", keys["inference"])).status_code == 403
+    assert httpx.get(f"{a.url}/ui", auth=("ops", "ldk-wrong")).status_code == 401
+    page = httpx.get(f"{a.url}/ui", auth=("ops", keys["admin"]))
+    assert page.status_code == 200 and 'id="drift"' in page.text
+    assert httpx.get(f"{a.url}/ui", headers={"Authorization": f"Bearer {keys['admin']}"}).status_code == 200
+    dom = chromium("--dump-dom", a.url.replace("http://", f"http://ops:{keys['admin']}@") + "/ui")
+    assert 'id="adapters"' in dom and "tenant-a" in dom
+
+
+def test_drift_is_readable_by_keys_that_may_use_the_adapter(cluster) -> None:
+    a, _, keys = cluster
+    tenant = {"Authorization": f"Bearer {keys['tenant']}"}
+    assert httpx.get(f"{a.url}/v1/adapters/tenant-a/drift", headers=tenant).status_code == 200
+    assert httpx.get(f"{a.url}/v1/adapters/tenant-b/drift", headers=tenant).status_code == 403
+    assert httpx.get(f"{a.url}/v1/adapters/tenant-a/drift").status_code == 401
