@@ -113,7 +113,7 @@ def main() -> None:
     if args.skip_if_retrained:
         versions = httpx.get(f"{args.server}/v1/adapters/{ADAPTER}", timeout=30).json().get("versions", [])
         if len(versions) > 1:
-            print(f"{ADAPTER} was already retrained from feedback; serving")  # noqa: T201
+            print(f"{ADAPTER} was already retrained from feedback; serving; dashboard: {args.server}/ui")  # noqa: T201
             return
     print(f"1/4 sending {args.break_ins + args.ordinary} tickets to {ADAPTER} and rating every answer")  # noqa: T201
     counts = send_and_rate(args.server, traffic(args.break_ins, args.ordinary, seed=7))
@@ -124,6 +124,8 @@ def main() -> None:
     promoted = subprocess.run([loradock, "promote", ADAPTER], check=False).returncode == 0
     print("4/4 " + ("prod now serves the retrained version" if promoted else "prod unchanged"))  # noqa: T201
     print(json.dumps({"feedback": dict(counts), "promoted": promoted}))  # noqa: T201
+    print(f"drift of {ADAPTER}'s traffic against its training data (dashboard: {args.server}/ui):")  # noqa: T201
+    subprocess.run([loradock, "drift", ADAPTER], check=False)
 
 
 if __name__ == "__main__":
