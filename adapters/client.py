@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from adapters.base_models import local_model_folder, resolve_base_model
+from adapters.drift.sample import ProfileSample, store_sample_profile
 from adapters.errors import ConflictError, GoneError, HubError, InvalidAdapterError, NotFoundError, TooLargeError
 from adapters.fingerprint import BaseModelSpec
 from adapters.hub import Hub
@@ -34,6 +35,7 @@ class HubClient(Protocol):
     def delete_alias(self, name: str, alias: str) -> None: ...
     def retire(self, name: str, version: int, *, purge: bool) -> VersionView: ...
     def pull(self, name: str, version: int, out: Path) -> Path: ...
+    def set_drift_profile(self, name: str, version: int, sample: ProfileSample) -> dict[str, Any]: ...
 
 
 class LocalHub:
@@ -72,6 +74,12 @@ class LocalHub:
             raise NotFoundError(f"the files of {view.ref} were purged")
         shutil.copytree(source, out, dirs_exist_ok=True)
         return out
+
+    def set_drift_profile(self, name: str, version: int, sample: ProfileSample) -> dict[str, Any]:
+        from adapters.drift.features import Embedder
+
+        view = self.hub.registry.get_version(name, version)
+        return store_sample_profile(self.hub.drift, view, sample, Embedder(), "cli")
 
 
 class RemoteHub:
@@ -124,6 +132,10 @@ class RemoteHub:
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as bundle:
             bundle.extractall(out, filter="data")
         return out
+
+    def set_drift_profile(self, name: str, version: int, sample: ProfileSample) -> dict[str, Any]:
+        path = f"/v1/adapters/{name}/versions/{version}/drift-profile"
+        return self._call("PUT", path, json=sample.model_dump())  # type: ignore[no-any-return]
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._raw(method, path, **kwargs)

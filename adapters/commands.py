@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters.client import HubClient, open_client
+from adapters.drift.sample import ProfileSample
 from adapters.errors import HubError
 from adapters.records import AdapterView, AliasTarget
 from adapters.settings import Settings
@@ -37,6 +38,9 @@ def register(
     name: str = typer.Argument(..., help="Adapter name; a new version is added if it exists."),
     source: str = typer.Argument(..., help="A peft adapter folder, a .zip/.tar.gz of one, or hf://org/repo[@rev]."),
     metadata: str = typer.Option("{}", help="Free-form JSON object stored with the version."),
+    drift_sample: Path | None = typer.Option(  # noqa: B008
+        None, help="Prompts the adapter is meant for (JSONL chat or prompt rows, or text lines): its drift reference."
+    ),
     server: str | None = ServerOption,
     api_key: str | None = KeyOption,
 ) -> None:
@@ -45,10 +49,16 @@ def register(
         details = json.loads(metadata)
         if not isinstance(details, dict):
             raise ValueError("--metadata must be a JSON object")
-        version = _client(server, api_key).register(name, source, details)
+        sample = ProfileSample.from_file(drift_sample) if drift_sample is not None else None
+        client = _client(server, api_key)
+        version = client.register(name, source, details)
+        console.print(f"registered [bold]{version.ref}[/bold] (sha256 {version.sha256[:12]}, rank {version.rank})")
+        if sample is not None:
+            with console.status(f"profiling {len(sample.prompts)} prompts for drift"):
+                summary = client.set_drift_profile(name, version.version, sample)
+            console.print(f"drift reference: {summary['prompts']} prompts, {summary['answers']} answers")
     except (HubError, ValueError) as exc:
         raise _fail(exc) from exc
-    console.print(f"registered [bold]{version.ref}[/bold] (sha256 {version.sha256[:12]}, rank {version.rank})")
 
 
 @adapters_app.command("list")

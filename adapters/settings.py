@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     )
     drift_queue_size: int = Field(default=10_000, ge=1, description="Completions waiting for the drift thread.")
     drift_snapshot_s: float = Field(
-        default=60.0, ge=0, description="Least time between two stored snapshots of a window whose status holds."
+        default=300.0, ge=0, description="Least time between two stored snapshots of a window whose status holds."
     )
     drift_history_days: float = Field(default=30.0, gt=0, description="Days drift snapshots are kept.")
     dashboard_sample_s: float = Field(

@@ -40,6 +40,8 @@ TIME_WINDOW_CAP = 2000
 """Most completions a time window holds (the newest); beyond it the window is a sample of the span."""
 FEEDBACK_WINDOW, FEEDBACK_BASELINE = 50, 500
 PROFILE_RETRY_S = 30.0
+IDLE_EVALUATE_S = 300.0
+"""A version with no new completions is evaluated this often still: its time window empties and feedback arrives."""
 EXAMPLE_CHARS = 300
 
 
@@ -85,7 +87,8 @@ class DriftMonitor:
         self.enabled = settings.drift
         self._settings = settings
         self._metrics = metrics
-        self._embedder = Embedder(threads=1)
+        self.embedder = Embedder(threads=1)
+        """Shared with the API's profile building (it takes a lock per call)."""
         self._redactor = Redactor(settings.log_redact, settings.log_redact_patterns)
         self._database = Database(settings.database, timeout_s=settings.log_write_timeout_s)
         self._store = DriftStore(self._database)
@@ -182,7 +185,7 @@ class DriftMonitor:
 
     def _add(self, batch: list[Completion]) -> None:
         texts = [prompt_text(completion.request) for completion in batch]
-        features = self._embedder.features(texts + [c.answer for c in batch], embed=self._embed_flags(len(batch)))
+        features = self.embedder.features(texts + [c.answer for c in batch], embed=self._embed_flags(len(batch)))
         prompts, answers = features[: len(batch)], features[len(batch) :]
         now = time.monotonic()
         for completion, text, prompt, answer in zip(batch, texts, prompts, answers, strict=True):
@@ -249,7 +252,7 @@ class DriftMonitor:
     def _profile_from_production(self, state: VersionState) -> None:
         prompts = [text for text, _ in state.profiling]
         answers = [answer for _, answer in state.profiling]
-        profile = build_profile(prompts, answers, self._embedder, "production")
+        profile = build_profile(prompts, answers, self.embedder, "production")
         if not self._store.save_profile(state.lora_id, profile, created_by=f"server:{self.replica}"):
             profile = self._store.load_profile(state.lora_id) or profile  # another replica was first: share its
         logger.info(
@@ -268,9 +271,11 @@ class DriftMonitor:
     def _evaluate_due(self) -> None:
         now = time.monotonic()
         for state in list(self._versions.values()):
+            since = now - state.evaluated
             due = (
                 state.pending >= self._settings.drift_evaluate_every
-                or now - state.evaluated >= self._settings.drift_evaluate_s
+                or (state.pending > 0 and since >= self._settings.drift_evaluate_s)
+                or since >= IDLE_EVALUATE_S
             )
             if state.detector is not None and due:
                 self._evaluate(state, state.detector)

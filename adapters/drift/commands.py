@@ -31,7 +31,7 @@ def drift(
         help="Build the reference profile of --version from this sample (JSONL chat or prompt rows, or text lines).",
     ),
     version: int | None = typer.Option(None, help="With --profile-from: the version (default: the newest)."),
-    replace: bool = typer.Option(False, help="With --profile-from: replace a profile the version already has."),
+    replace: bool = typer.Option(False, help="With --profile-from: replace the profile the version has."),
 ) -> None:
     """Show ADAPTER's drift against its reference profiles: per version and window, every test's score,
     thresholds and status, the most drifted prompts, and the history."""
@@ -53,21 +53,19 @@ def drift(
         console.print(f"report: {write_html(view, html, datetime.now(UTC))}")
 
 
-def _profile(hub: Hub, adapter: str, sample: Path, number: int | None, replace: bool) -> None:
+def _profile(hub: Hub, adapter: str, path: Path, number: int | None, replace: bool) -> None:
     from adapters.drift.features import Embedder
-    from adapters.drift.profile import build_profile, read_sample_file
+    from adapters.drift.sample import ProfileSample, store_sample_profile
 
     record = hub.registry.get_adapter(adapter)
     if not record.versions:
         raise HubError(f"{adapter} has no versions")
     target = hub.registry.get_version(adapter, number) if number is not None else record.versions[-1]
-    prompts, answers = read_sample_file(sample)
-    with console.status(f"profiling {len(prompts)} prompts of {sample} with the embedding model"):
-        profile = build_profile(prompts, answers, Embedder(), "sample-file")
-    if not hub.drift.save_profile(target.lora_id, profile, created_by="cli", replace=replace):
-        raise HubError(f"{target.ref} already has a reference profile; pass --replace to replace it")
+    sample = ProfileSample.from_file(path, replace=replace)
+    with console.status(f"profiling {len(sample.prompts)} prompts of {path} with the embedding model"):
+        summary = store_sample_profile(hub.drift, target, sample, Embedder(), "cli")
     console.print(
-        f"{target.ref}: reference profile from {sample} ({profile.prompts} prompts, {profile.answers} answers); "
+        f"{target.ref}: reference profile from {path} ({summary['prompts']} prompts, {summary['answers']} answers); "
         "servers use it within 30 s"
     )
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.background import BackgroundTask
 
 from adapters.drift.reports import AdapterDrift
+from adapters.drift.sample import ProfileSample, store_sample_profile
 from adapters.drift.summary import adapter_drift
 from adapters.errors import NotFoundError
 from adapters.keys import Principal
@@ -125,6 +126,18 @@ async def get_drift(name: str, state: State, caller: Caller) -> AdapterDrift:
     assert isinstance(adapter, AdapterView)
     live = state.drift.versions(name)
     return await asyncio.to_thread(adapter_drift, state.hub.drift, adapter, live=live, replica=state.drift.replica)
+
+
+@router.put("/{name}/versions/{version}/drift-profile", status_code=201)
+async def set_drift_profile(
+    name: str, version: int, sample: ProfileSample, state: State, caller: Admin
+) -> dict[str, Any]:
+    """Build the version's drift reference from a sample of the prompts (and answers) it is meant for; 409 if it
+    has one and `replace` is not set."""
+    view = await asyncio.to_thread(state.hub.registry.get_version, name, version)
+    return await asyncio.to_thread(
+        store_sample_profile, state.hub.drift, view, sample, state.drift.embedder, f"api:{caller.label}"
+    )
 
 
 @router.get("/{name}/versions/{version}")

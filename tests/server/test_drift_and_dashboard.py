@@ -23,11 +23,9 @@ from loadtests.drift_calibration import cooking_questions, tickets
 from tests.helpers import (
     LORADOCK,
     ServerProcess,
-    adapter_files,
     chromium,
     make_lora_adapter,
     metric,
-    upload_adapter,
 )
 from training.demo_task import SYSTEM_PROMPT
 
@@ -102,16 +100,47 @@ def loradock(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def watched(demo_server: ServerProcess, demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An adapter registered over the API whose reference profile comes from a sample file of tickets."""
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sample") / "tickets.txt"
+    path.write_text("\n".join(tickets(300, seed=0)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def watched(
+    demo_server: ServerProcess, demo_model: Path, sample: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """An adapter registered through the server's API with a drift sample of the tickets it is meant for."""
     folder = make_lora_adapter(demo_model, tmp_path_factory.mktemp("watched") / "adapter", seed=7)
-    assert upload_adapter(demo_server.url, "watched", adapter_files(folder)).status_code == 201
-    sample = tmp_path_factory.mktemp("sample") / "tickets.txt"
-    sample.write_text("\n".join(tickets(300, seed=0)))
-    done = loradock(demo_server, "drift", "watched", "--profile-from", str(sample))
+    done = loradock(
+        demo_server,
+        "adapters",
+        "register",
+        "watched",
+        str(folder),
+        "--drift-sample",
+        str(sample),
+        "--server",
+        demo_server.url,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "watched@1: reference profile" in done.stdout
+    assert "registered watched@1" in done.stdout and "drift reference: 300 prompts, 0 answers" in done.stdout
     return "watched"
+
+
+def test_a_profile_is_not_replaced_by_accident_and_a_bad_sample_is_refused(
+    demo_server: ServerProcess, watched: str, sample: Path, tmp_path: Path
+) -> None:
+    again = loradock(demo_server, "drift", watched, "--profile-from", str(sample))
+    assert again.returncode == 1 and "watched@1 already has a reference profile" in again.stdout
+    url = f"{demo_server.url}/v1/adapters/{watched}/versions/1/drift-profile"
+    few = httpx.put(url, json={"prompts": ["only", "two"]}, timeout=60)
+    assert few.status_code == 400 and "at least 20 non-empty prompts, got 2" in few.json()["error"]["message"]
+    assert httpx.put(url.replace("/1/", "/9/"), json={"prompts": ["x"] * 30}, timeout=60).status_code == 404
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a"}\nnot json\n')
+    refused = loradock(demo_server, "drift", watched, "--profile-from", str(broken), "--replace")
+    assert refused.returncode == 1 and "broken.jsonl:2: not valid JSON" in refused.stdout
 
 
 def test_in_distribution_traffic_is_ok_and_another_domain_alerts(
