@@ -90,14 +90,22 @@ def _vllm(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
+    from vllm.platforms import current_platform
 
     longest = max(map(len, spec.prompts)) + spec.max_new_tokens
     options: dict[str, Any] = {}
     if spec.adapter is not None:
         rank = min(rank for rank in SUPPORTED_LORA_RANKS if rank >= spec.lora_rank)
         options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
+    # float32 on the CPU, as the server runs there (server/engine.py): bfloat16 kernels on recent Xeons round
+    # differently with the batch, which would blur the teacher/export comparison.
     engine = LLM(
-        model=spec.model, max_model_len=max(longest, 256), kv_cache_memory_bytes=KV_CACHE_BYTES, seed=0, **options
+        model=spec.model,
+        dtype="float32" if current_platform.is_cpu() else "auto",
+        max_model_len=max(longest, 256),
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
+        seed=0,
+        **options,
     )
     params = SamplingParams(temperature=0, max_tokens=spec.max_new_tokens)
     lora = LoRARequest("teacher", 1, spec.adapter) if spec.adapter is not None else None

@@ -67,7 +67,13 @@ class Workspace:
         """Base + adapter in vLLM, measured once per adapter content, prompts and answer length (cached)."""
         key = hashlib.sha256(
             json.dumps(
-                [str(self.source.base_folder), self.source.version.sha256, self.prompts, self.options.max_new_tokens]
+                [
+                    MEASURE_REVISION,
+                    str(self.source.base_folder),
+                    self.source.version.sha256,
+                    self.prompts,
+                    self.options.max_new_tokens,
+                ]
             ).encode()
         ).hexdigest()[:24]
         cached = self.hub.settings.home / "cache" / "teachers" / f"{key}.json"
@@ -120,6 +126,10 @@ def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Pr
         hub.store.discard(artifact)  # already moved into the store when the export was registered
         hub.store.discard(scratch)
         hub.close()
+
+
+MEASURE_REVISION = 2
+"""Part of the teacher cache key: 2 = measured in float32 on the CPU (1 measured in the model's bfloat16)."""
 
 
 def _interrupt(*_: Any) -> None:
