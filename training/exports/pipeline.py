@@ -26,6 +26,9 @@ from training.exports.measure import Measurement, MeasureSpec, measure
 from training.exports.report import build_report, side, token_agreement, write_report
 from training.exports.source import ExportError, ExportOptions, ExportSource, Progress, open_source, train_split
 
+MEASURE_REVISION = 2
+"""Part of the teacher cache key: 2 = measured in float32 on the CPU (1 measured in the model's bfloat16)."""
+
 
 @dataclass
 class Workspace:
@@ -126,10 +129,6 @@ def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Pr
         hub.store.discard(artifact)  # already moved into the store when the export was registered
         hub.store.discard(scratch)
         hub.close()
-
-
-MEASURE_REVISION = 2
-"""Part of the teacher cache key: 2 = measured in float32 on the CPU (1 measured in the model's bfloat16)."""
 
 
 def _interrupt(*_: Any) -> None:
