@@ -26,13 +26,11 @@ OPT_OUT_HEADER = "x-loradock-log"
 """`X-Loradock-Log: off` on a request keeps it out of the log (and out of feedback and retraining)."""
 OPT_OUT_VALUES = frozenset({"off", "false", "0", "no"})
 BATCH = 256
+POLICY_REFRESH_S = 5.0
 
 
 def opted_out(header: str | None) -> bool:
     return header is not None and header.strip().lower() in OPT_OUT_VALUES
-
-
-POLICY_REFRESH_S = 5.0
 
 
 class InteractionLog:

@@ -120,7 +120,11 @@ def recorder_for(
     logged = server.state.interaction_log.wants(adapter, header)
     if not logged and (adapter is None or not server.state.drift.enabled):
         return None
-    parameters = request.model_dump(mode="json", exclude=set(NOT_PARAMETERS), exclude_none=True, by_alias=True)
+    parameters = (
+        request.model_dump(mode="json", exclude=set(NOT_PARAMETERS), exclude_none=True, by_alias=True)
+        if logged
+        else {}  # only the log keeps parameters; drift needs none, so the request path skips the dump
+    )
     return Recorder(
         server, completion_id, served, principal.tenant, route, payload, parameters, timing, logged, opted_out(header)
     )
