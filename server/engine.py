@@ -47,6 +47,8 @@ class SamplingOptions:
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
     stream: bool = False
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -201,6 +203,8 @@ def _sampling_params(options: SamplingOptions) -> Any:
         frequency_penalty=options.frequency_penalty,
         logprobs=options.logprobs,
         structured_outputs=structured,
+        ignore_eos=options.ignore_eos,
+        min_tokens=options.min_tokens,
         output_kind=RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY,
     )
 

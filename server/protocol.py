@@ -65,6 +65,9 @@ class GenerationRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # vLLM's extensions, which benchmark clients (vLLM's own `bench serve` included) send for fixed-length answers.
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:

@@ -36,4 +36,6 @@ def sampling_options(
         json_schema=json_schema,
         json_object=json_object,
         stream=request.stream,
+        ignore_eos=request.ignore_eos,
+        min_tokens=request.min_tokens,
     )
