@@ -70,6 +70,22 @@ def test_single_adapter_batches_take_the_fast_path(batch: dict[str, torch.Tensor
     assert torch.all(got == 0)
 
 
+@pytest.mark.parametrize("tokens", [5, 32, 33, 300])
+def test_decode_sized_and_prefill_sized_batches_agree_with_vllm(tokens: int) -> None:
+    """Up to GATHER_MAX_TOKENS tokens take the batched gather product, more take one product per adapter."""
+    generator = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, IN, generator=generator)
+    a = torch.randn(SLOTS, 1, RANK, IN, generator=generator)
+    indices = torch.randint(-1, SLOTS, (tokens,), generator=generator)
+    indices[:2] = torch.tensor([0, 1])  # at least two adapters
+    expected, got = torch.zeros(tokens, RANK), torch.full((tokens, RANK), 7.0)
+    original.bgmv_shrink(x, a, expected, indices, 0.5)
+    ours.bgmv_shrink(x, a, got, indices, 0.5)
+    adapter = indices >= 0
+    torch.testing.assert_close(got[adapter], expected[adapter])
+    assert torch.all(got[~adapter] == 0)
+
+
 def test_register_installs_the_kernels_on_the_cpu_platform() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
