@@ -1,0 +1,64 @@
+"""The answer-only SFT loss equals the model's own loss (and gradient) while projecting far fewer positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from training.answer_loss import IGNORE, answer_loss
+
+
+@pytest.fixture
+def model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def batch() -> dict[str, torch.Tensor]:
+    """Two chats of different lengths, right-padded, with labels only on each one's answer."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, 97, (2, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[0, 8:12] = input_ids[0, 8:12]
+    labels[1, 6:9] = input_ids[1, 6:9]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_equals_the_models_own_loss_and_gradient(model: LlamaForCausalLM) -> None:
+    inputs = batch()
+    expected = model(**inputs).loss
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss, metrics = answer_loss(model, inputs, None)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    for found, wanted in zip((p.grad for p in model.parameters()), expected_grads, strict=True):
+        torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-6)
+    assert 0 <= metrics["mean_token_accuracy"] <= 1 and metrics["entropy"] > 0
+
+
+def test_divides_by_the_items_of_the_whole_accumulated_batch(model: LlamaForCausalLM) -> None:
+    inputs = batch()
+    per_token, _ = answer_loss(model, inputs, None)
+    spread, _ = answer_loss(model, inputs, torch.tensor(14))  # 7 labelled tokens here, 14 over two micro-batches
+    assert float(spread) == pytest.approx(float(per_token) / 2, rel=1e-5)
+
+
+def test_projects_only_positions_that_carry_a_label(model: LlamaForCausalLM) -> None:
+    seen: list[torch.Tensor] = []
+    model.lm_head.register_forward_hook(lambda _module, args, _out: seen.append(args[0]))
+    answer_loss(model, batch(), None)
+    assert seen[0].shape[:2] == (2, 6)  # positions 5..10 predict some row's label, of 12
