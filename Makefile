@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install browser demo test test-quick lint clean
+.PHONY: install browser demo test test-quick bench lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ test: install browser
 
 test-quick: install
 	$(BIN)/pytest
+
+# Load tests and benchmarks, short profile (under 10 minutes on 2 cores): loradock against vLLM's own server,
+# 1,000 adapters, ops under load, a soak and training speed; prints the goals table (docs/benchmarks.md).
+bench: install
+	$(BIN)/loradock models fetch-demo
+	$(BIN)/python -m loadtests.bench
 
 lint: install
 	$(BIN)/ruff check .

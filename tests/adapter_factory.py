@@ -44,7 +44,7 @@ def lora_tensors(
 ) -> dict[str, np.ndarray]:
     """Random A and B for every base module whose name ends with one of `modules`."""
     rng = np.random.default_rng(seed)
-    tensors = {}
+    tensors: dict[str, np.ndarray] = {}
     for module, (out_features, in_features) in sorted(base.linear_shapes.items()):
         if not module.endswith(tuple(f".{m}" for m in modules)):
             continue

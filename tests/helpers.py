@@ -27,10 +27,22 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`loradock serve` in a child process, as users run it; its output goes to a log file for debugging."""
+    """`loradock serve` in a child process, as users run it; its output goes to a log file for debugging.
 
-    def __init__(self, home: Path, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    `command` runs another OpenAI-compatible server instead (the benchmarks start vLLM's own this way), with
+    `--port PORT` appended before `args` and readiness read from `ready_path`.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        command: Sequence[str] = (str(LORADOCK), "serve"),
+        ready_path: str = "/ready",
+    ) -> None:
         self.home = home
+        self.ready_path = ready_path
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -38,7 +50,7 @@ class ServerProcess:
         environment = {**os.environ, "LORADOCK_HOME": str(home), **(env or {})}
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [str(LORADOCK), "serve", "--port", str(self.port), *args],
+            [*command, "--port", str(self.port), *args],
             env=environment,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -51,7 +63,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

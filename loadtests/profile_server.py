@@ -1,0 +1,96 @@
+"""Profile loradock's API process under load with py-spy: where its event loop spends the time it is busy.
+
+    loradock models fetch-demo && python -m loadtests.profile_server [--seconds 30] [--concurrency 16]
+
+Starts `loradock serve` with 8 adapters, sends streamed chats over the base and the adapters, and samples the API
+process (not vLLM's engine core, which is vLLM's own work) with py-spy. Prints the functions that hold the event
+loop thread, inclusive and self, and keeps py-spy's raw profile (`server.raw`: one stack per line, what
+flamegraph.pl reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.base_models import resolve_base_model
+from adapters.fingerprint import BaseModelSpec
+from adapters.settings import Settings
+from loadtests.bench import SHORT, load, warm_up
+from loadtests.report import summarize
+from loadtests.scenarios import uniform, write_adapters
+from loadtests.servers import BASE_NAME, EngineConfig, start_loradock
+
+EVENT_LOOP_FRAME = "asyncio/runners.py"
+IDLE_FRAME = "select (selectors.py"
+
+
+@dataclass
+class LoopProfile:
+    samples: int
+    """Samples of the event-loop thread that py-spy saw running (it leaves idle ones out)."""
+    inclusive: Counter[str]
+    own: Counter[str]
+
+
+def event_loop_profile(raw: Path) -> LoopProfile:
+    """Aggregate py-spy's raw stacks ("frame;frame;... count") for the event-loop thread, waiting in select left out."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any(EVENT_LOOP_FRAME in frame for frame in frames) or IDLE_FRAME in frames[-1]:
+            continue
+        samples += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    return LoopProfile(samples, inclusive, own)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    settings = Settings()
+    model = Path(resolve_base_model(settings.base_model, settings.models_dir))
+    root = Path(tempfile.mkdtemp(prefix="loradock-profile-"))
+    adapters = write_adapters(root / "adapters", BaseModelSpec.from_folder(model), 8, "bench")
+    server = start_loradock(root / "server", model, adapters, EngineConfig())
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = args.out / "server.raw"
+    rate = 100
+    try:
+        server.wait_ready(900)
+        warm_up(server, [BASE_NAME, *adapters])
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        timing = ["--duration", str(args.seconds), "--rate", str(rate), "--pid", str(server.process.pid)]
+        spy = subprocess.Popen([py_spy, "record", "--format", "raw", "--output", str(raw), *timing])
+        run = load(server, uniform([BASE_NAME, *adapters]), SHORT, args.concurrency, duration_s=args.seconds + 2)
+        spy.wait()
+    finally:
+        server.terminate()
+    summary = summarize(run, "profile", "loradock")
+    profile = event_loop_profile(raw)
+    wall = args.seconds * rate
+    print(f"{summary.succeeded} requests, {summary.output_tokens_per_s:.1f} output tokens/s")
+    print(f"event loop busy in {profile.samples} of {wall} samples ({profile.samples / wall:.1%} of the time)")
+    print("inclusive, share of the busy samples:")
+    for frame, count in profile.inclusive.most_common(40):
+        print(f"  {count / profile.samples:6.1%}  {frame}")
+    print("self:")
+    for frame, count in profile.own.most_common(15):
+        print(f"  {count / profile.samples:6.1%}  {frame}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The benchmark tools on the real server: our load generator and vLLM's own `bench serve`, both with adapters.
+
+Numbers are not asserted here (they live in docs/benchmarks.md and `make bench`); what is checked is that the
+tools run end to end against loradock and produce complete, well-formed reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtests.generator import run_load
+from loadtests.report import summarize, write_reports
+from loadtests.scenarios import uniform, workload
+from loadtests.vllm_bench import bench_serve
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+BASE = "SmolLM2-135M-Instruct"
+
+
+def test_load_generator_reports_a_mixed_run_on_the_real_server(demo_server: ServerProcess, tmp_path: Path) -> None:
+    requests = workload(uniform([BASE, "alpha", "beta"]), max_tokens=8)
+    run = asyncio.run(run_load(demo_server.url, requests, concurrency=4, requests=12))
+    summary = summarize(run, "mixed", "loradock")
+    assert summary.succeeded == 12 and summary.errors == {}
+    # `ignore_eos` (vLLM's extension) is honoured: every answer is exactly max_tokens long.
+    assert [result.output_tokens for result in run.results] == [8] * 12
+    assert all(len(result.token_gaps) >= 1 for result in run.results)
+    assert summary.ttft_s.p50 is not None and summary.ttft_s.p50 <= summary.latency_s.p50  # type: ignore[operator]
+    json_path, md_path, png_path = write_reports([summary], tmp_path, "bench")
+    assert json.loads(json_path.read_text())[0]["requests"] == 12
+    assert "| mixed | loradock | 4 | 12 | 0 |" in md_path.read_text()
+    assert png_path.stat().st_size > 1000
+
+
+def test_vllm_bench_serve_runs_against_loradock_with_adapters(
+    demo_server: ServerProcess, demo_model: Path, tmp_path: Path
+) -> None:
+    result = bench_serve(
+        demo_server.url,
+        BASE,
+        demo_model,
+        tmp_path / "vllm-bench.json",
+        prompts=6,
+        concurrency=3,
+        input_len=16,
+        output_len=8,
+        lora_modules=["alpha", "beta"],
+    )
+    assert result["completed"] == 6 and result["failed"] == 0
+    assert result["total_output_tokens"] == 6 * 8
+    assert result["output_throughput"] > 0 and result["p50_ttft_ms"] > 0
