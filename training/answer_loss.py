@@ -23,12 +23,9 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> 
 
     targets = inputs["labels"][:, 1:]
     positions = (targets != IGNORE).any(dim=0).nonzero().flatten()
-    outputs = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs.get("attention_mask"),
-        logits_to_keep=positions,
-        use_cache=False,
-    )
+    # Every input but the labels goes through: packed batches carry position_ids that keep their examples apart.
+    model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+    outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
     logits = outputs.logits.float()
     kept = targets[:, positions]
     valid = kept != IGNORE

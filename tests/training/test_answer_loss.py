@@ -62,3 +62,19 @@ def test_projects_only_positions_that_carry_a_label(model: LlamaForCausalLM) -> 
     model.lm_head.register_forward_hook(lambda _module, args, _out: seen.append(args[0]))
     answer_loss(model, batch(), None)
     assert seen[0].shape[:2] == (2, 6)  # positions 5..10 predict some row's label, of 12
+
+
+def test_packed_batches_keep_their_position_ids(model: LlamaForCausalLM) -> None:
+    """Padding-free packing (TRL's `packing`) sends position_ids instead of an attention mask: they must reach the
+    model, or the packed examples would be scored as one long sequence."""
+    inputs = batch()
+    packed = {
+        "input_ids": inputs["input_ids"][:1],
+        "labels": inputs["labels"][:1],
+        "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]]),
+    }
+    expected = model(**packed, use_cache=False).loss  # as in training: without a cache, packing is detected
+    loss, _ = answer_loss(model, packed, None)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    unpacked, _ = answer_loss(model, {key: packed[key] for key in ("input_ids", "labels")}, None)
+    assert float(unpacked) != pytest.approx(float(expected), rel=1e-5)
