@@ -11,10 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 5
+
+
+def redacted_url(url: str) -> str:
+    """The URL as logs and status pages may show it: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 class Database:
@@ -74,7 +80,15 @@ def _make_engine(url: str, *, writer: bool, timeout_s: float) -> Engine:
             pool_size=10,
             max_overflow=20,
             pool_timeout=min(timeout_s, 10),
-            connect_args={"options": f"-c lock_timeout={milliseconds}"},
+            connect_args={
+                "options": f"-c lock_timeout={milliseconds}",
+                # A database host that vanished must fail calls in seconds (503 to ops calls), not hang them.
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
         )
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
 

@@ -31,6 +31,9 @@ class Principal:
     scope: str
     tenant: str
     adapters: frozenset[str] | None
+    requests_per_minute: int | None = None
+    """This key's own limits; None: the server's defaults (`key_requests_per_minute`, `key_max_concurrent`)."""
+    max_concurrent: int | None = None
 
     @property
     def label(self) -> str:
@@ -60,10 +63,15 @@ def create_key(
     tenant: str = "default",
     adapters: list[str] | None = None,
     description: str = "",
+    requests_per_minute: int | None = None,
+    max_concurrent: int | None = None,
 ) -> tuple[str, ApiKeyView]:
     """A new key; the plaintext is returned once and never stored."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    for limit, value in (("requests_per_minute", requests_per_minute), ("max_concurrent", max_concurrent)):
+        if value is not None and value < 1:
+            raise ValueError(f"{limit} must be at least 1, got {value}")
     check_name(tenant, "tenant name")
     for adapter in adapters or []:
         check_name(adapter)
@@ -76,6 +84,8 @@ def create_key(
             tenant=tenant,
             adapters=sorted(adapters) if adapters is not None else None,
             description=description,
+            requests_per_minute=requests_per_minute,
+            max_concurrent=max_concurrent,
         )
         session.add(row)
         session.flush()
@@ -91,7 +101,14 @@ def authenticate(database: Database, plaintext: str, bootstrap_admin: str | None
         if row is None or row.revoked_at is not None:
             return None
         adapters = frozenset(row.adapters) if row.adapters is not None else None
-        return Principal(key_id=row.id, scope=row.scope, tenant=row.tenant, adapters=adapters)
+        return Principal(
+            key_id=row.id,
+            scope=row.scope,
+            tenant=row.tenant,
+            adapters=adapters,
+            requests_per_minute=row.requests_per_minute,
+            max_concurrent=row.max_concurrent,
+        )
 
 
 def list_keys(database: Database) -> list[ApiKeyView]:
@@ -119,4 +136,6 @@ def _view(row: ApiKey) -> ApiKeyView:
         description=row.description,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        requests_per_minute=row.requests_per_minute,
+        max_concurrent=row.max_concurrent,
     )

@@ -91,11 +91,15 @@ class VersionView(BaseModel):
         )
 
 
+DB_INT_MAX = 2**31 - 1
+"""The largest value an INTEGER column holds on PostgreSQL; numbers from clients are bounded by it."""
+
+
 class AliasTarget(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    version: int = Field(ge=1)
-    weight: float = Field(default=1.0, gt=0)
+    version: int = Field(ge=1, le=DB_INT_MAX)
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class AliasView(BaseModel):
@@ -141,3 +145,5 @@ class ApiKeyView(BaseModel):
     description: str
     created_at: datetime
     revoked_at: datetime | None
+    requests_per_minute: int | None = None
+    max_concurrent: int | None = None

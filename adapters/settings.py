@@ -7,12 +7,14 @@ factory and the CLI build one `Settings` and pass it down, so tests can hand in 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 SUPPORTED_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
@@ -54,6 +56,20 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = Field(default=False, description="Skip CUDA graph capture (faster start, slower decode).")
     seed: int = 0
+    remote_engines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URLs of vLLM OpenAI servers to front instead of running vLLM in this process (comma-separated "
+        "or a JSON list); they must see the artifact store at the same path (README: Remote engines).",
+    )
+    remote_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for a remote engine's answer, or for its next streamed token."
+    )
+    remote_start_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long the server waits at start for every remote engine to answer."
+    )
+    remote_api_key: SecretStr | None = Field(
+        default=None, description="The key the remote engines were started with (vLLM's --api-key), if any."
+    )
 
     # --- the HTTP server --------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -62,6 +78,21 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Requests in flight before new ones get 503 server_overloaded."
     )
     max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request) accepted.")
+    max_request_bytes: int = Field(
+        default=8 << 20, ge=1024, description="Largest JSON request body (uploads have their own limits below)."
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Most prompt tokens one request may send; unset: the context length."
+    )
+    max_output_tokens: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens accepted (and the default); unset: what the context holds."
+    )
+    key_requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests per minute per API key, unless the key sets its own; unset: none."
+    )
+    key_max_concurrent: int | None = Field(
+        default=64, ge=1, description="Generations in flight per API key, unless the key sets its own; unset: none."
+    )
     graceful_shutdown_s: float = Field(default=30.0, ge=0, description="How long SIGTERM waits for streams.")
     resolution_cache_s: float = Field(
         default=2.0, ge=0, description="How long a resolved adapter name is reused before the registry is asked again."
@@ -159,6 +190,30 @@ class Settings(BaseSettings):
                 f"max_lora_rank must be one of {sorted(SUPPORTED_LORA_RANKS)} (vLLM's kernels), got {value}"
             )
         return value
+
+    @field_validator("remote_engines", mode="before")
+    @classmethod
+    def _split_remote_engines(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else text.split(",")
+        return value
+
+    @field_validator("remote_engines")
+    @classmethod
+    def _check_remote_engines(cls, value: list[str]) -> list[str]:
+        urls: list[str] = []
+        for given in value:
+            url = given.strip().rstrip("/").removesuffix("/v1")
+            if not url:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"remote_engines: {given!r} is not an http(s) URL such as http://gpu-1:8000")
+            if url in urls:
+                raise ValueError(f"remote_engines: {given!r} is listed twice")
+            urls.append(url)
+        return urls
 
     @model_validator(mode="after")
     def _check_lora_capacity(self) -> Settings:

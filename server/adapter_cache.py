@@ -15,14 +15,14 @@ from collections import Counter, OrderedDict
 
 from adapters.registry import Registry
 from adapters.tables import ACTIVE
-from server.engine import Engine, LoraTarget
+from server.engine import InferenceEngine, LoraTarget
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class AdapterCache:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, capacity: int) -> None:
+    def __init__(self, engine: InferenceEngine, metrics: ServerMetrics, capacity: int) -> None:
         self._engine = engine
         self._metrics = metrics
         self._capacity = capacity

@@ -16,13 +16,16 @@ from fastapi import FastAPI
 
 from adapters import __version__
 from adapters.base_models import local_model_folder, resolve_base_model, served_name_for
+from adapters.database import redacted_url
 from adapters.fingerprint import BaseModelSpec
 from adapters.hub import Hub
 from adapters.settings import Settings
 from adapters.sources import stage_source
 from server.auth import KeyCache
-from server.engine import start_engine
+from server.body_limit import BodyLimitMiddleware
+from server.engine import InferenceEngine, start_engine
 from server.errors import install_error_handlers
+from server.openapi import document_errors
 from server.resolution import HubResolver
 from server.routes import adapters, dashboard, feedback, files, fine_tuning, health, inference
 from server.state import ServerState
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 FatalHandler = Callable[[str], None]
 RETIRED_SWEEP_S = 5.0
+ENGINE_WATCH_S = 1.0
 
 
 def build_state(settings: Settings, static_adapters: dict[str, Path]) -> ServerState:
@@ -85,6 +89,8 @@ def build_app(state: ServerState, on_fatal: FatalHandler | None = None) -> FastA
     )
     app.state.loradock = state
     install_error_handlers(app)
+    document_errors(app)
+    app.add_middleware(BodyLimitMiddleware, settings=state.settings)
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(adapters.router)
@@ -107,7 +113,19 @@ async def _load_engine(state: ServerState, on_fatal: FatalHandler | None) -> Non
             on_fatal(state.startup_error)
         return
     state.attach_engine(engine)
-    logger.info("ready: serving %s and the adapters of the hub at %s", name, state.settings.database)
+    logger.info("ready: serving %s and the adapters of the hub at %s", name, redacted_url(state.settings.database))
+    await _watch_engine(state, engine, on_fatal)
+
+
+async def _watch_engine(state: ServerState, engine: InferenceEngine, on_fatal: FatalHandler | None) -> None:
+    """An engine that died (its process killed, out of memory) cannot come back in this process: /ready turns
+    503 at once and the server exits non-zero, so a supervisor (Kubernetes, systemd) restarts it."""
+    while engine.is_running:  # noqa: ASYNC110 - vLLM sets a flag from its monitor thread; there is no event to await
+        await asyncio.sleep(ENGINE_WATCH_S)
+    state.startup_error = "The inference engine has stopped; the server is exiting so that it can be restarted."
+    logger.error("the inference engine has stopped; exiting")
+    if on_fatal is not None:
+        on_fatal(state.startup_error)
 
 
 async def _sweep_retired_adapters(state: ServerState) -> None:

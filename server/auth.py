@@ -15,7 +15,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from adapters.keys import ANONYMOUS_ADMIN, Principal, authenticate, hash_key
-from server.errors import AuthenticationError, BrowserAuthenticationError, PermissionDeniedError
+from server.errors import (
+    AuthenticationError,
+    BrowserAuthenticationError,
+    PermissionDeniedError,
+    database_unavailable,
+)
 from server.state import ServerState, get_state
 
 KEY_CACHE_S = 10.0
@@ -27,9 +32,10 @@ class KeyCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[Principal | None, float]] = {}
 
-    def get(self, key_hash: str) -> tuple[bool, Principal | None]:
+    def get(self, key_hash: str, *, stale: bool = False) -> tuple[bool, Principal | None]:
+        """(known, principal); `stale` also returns expired entries (used while the database is unreachable)."""
         entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None or (entry[1] < time.monotonic() and not stale):
             return False, None
         return True, entry[0]
 
@@ -49,6 +55,7 @@ async def get_principal(request: Request, state: Annotated[ServerState, Depends(
     principal = await _principal_for(state, key.strip())
     if principal is None:
         raise AuthenticationError("Incorrect API key provided.")
+    state.key_limits.check_rate(principal)
     return principal
 
 
@@ -57,7 +64,14 @@ async def _principal_for(state: ServerState, key: str) -> Principal | None:
     known, principal = state.key_cache.get(key_hash)
     if not known:
         bootstrap = state.settings.admin_key.get_secret_value() if state.settings.admin_key else None
-        principal = await asyncio.to_thread(authenticate, state.hub.database, key, bootstrap)
+        try:
+            principal = await asyncio.to_thread(authenticate, state.hub.database, key, bootstrap)
+        except Exception as exc:
+            seen_before, stale_principal = state.key_cache.get(key_hash, stale=True)
+            if not (seen_before and database_unavailable(exc)):
+                raise
+            # Keys seen before the database went away keep working (revocations apply once it is back).
+            return stale_principal
         state.key_cache.put(key_hash, principal)
     return principal
 

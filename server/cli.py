@@ -22,23 +22,33 @@ def serve(
     host: str | None = typer.Option(None, help="Address to bind [default: LORADOCK_HOST or 127.0.0.1]."),
     port: int | None = typer.Option(None, help="Port to bind [default: LORADOCK_PORT or 8000]."),
     served_model_name: str | None = typer.Option(None, help="Name clients use for the base model."),
+    remote_engine: list[str] = typer.Option(  # noqa: B008 - Typer reads the default from here
+        [],
+        "--remote-engine",
+        help="URL of a vLLM OpenAI server to front instead of running vLLM here (repeatable; it must see the "
+        "artifact store at the same path) [default: LORADOCK_REMOTE_ENGINES].",
+    ),
 ) -> None:
-    """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process)."""
+    """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process, or the vLLM servers
+    given with --remote-engine)."""
     import uvicorn
     from pydantic import ValidationError
 
     from adapters.errors import HubError
     from adapters.settings import Settings
     from server.app import build_app, build_state
+    from server.log_secrets import mask_secrets_in_logs
 
     overrides: dict[str, Any] = {
         "base_model": base_model,
         "host": host,
         "port": port,
         "served_model_name": served_model_name,
+        "remote_engines": remote_engine or None,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the remote engines otherwise
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
         state = build_state(settings, _parse_adapters(adapter))
@@ -55,6 +65,7 @@ def serve(
         log_level="info",
     )
     server = uvicorn.Server(config)
+    mask_secrets_in_logs([settings.admin_key.get_secret_value()] if settings.admin_key else [])
     server.run()
     if fatal:
         console.print(f"[red]error:[/red] {fatal[0]}")

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from adapters.settings import Settings
 from server.errors import AdapterLoadError, EngineNotReadyError, InvalidRequestError, ServiceUnavailableError
@@ -69,6 +69,34 @@ class ChoiceDelta:
     token_count: int
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = field(default=None)
+
+
+class InferenceEngine(Protocol):
+    """What the server needs of an engine: `Engine` below (vLLM in this process) or `RemoteEngine`
+    (server/remote_engine.py: vLLM OpenAI servers elsewhere)."""
+
+    tokenizer: Any
+    """The base model's Hugging Face tokenizer: prompts are rendered and tokenized by the server itself."""
+    max_model_len: int
+
+    @property
+    def is_running(self) -> bool: ...
+
+    async def check_health(self) -> None: ...
+
+    def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        lora: LoraTarget | None = None,
+    ) -> AsyncIterator[list[ChoiceDelta]]: ...
+
+    async def add_lora(self, lora: LoraTarget) -> None: ...
+
+    async def remove_lora(self, int_id: int) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class Engine:
@@ -250,6 +278,11 @@ def _finite(logprob: float) -> float:
     return max(logprob, -9999.0)
 
 
-async def start_engine(settings: Settings, model: str, served_model_name: str) -> Engine:
-    """Start the engine without blocking the event loop, so /health answers while weights load."""
+async def start_engine(settings: Settings, model: str, served_model_name: str) -> InferenceEngine:
+    """Start the engine without blocking the event loop, so /health answers while weights load: vLLM in this
+    process, or a front for the vLLM servers of `settings.remote_engines`."""
+    if settings.remote_engines:
+        from server.remote_engine import RemoteEngine  # it imports this module's types
+
+        return await RemoteEngine.start(settings, model)
     return await asyncio.to_thread(Engine.start, settings, model, served_model_name)

@@ -6,12 +6,15 @@ unexpected leaks a stack trace into a response body: it is logged here and answe
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.errors import (
@@ -124,6 +127,35 @@ class ServerOverloadedError(ServiceUnavailableError):
     code = "server_overloaded"
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The hub's database cannot be reached: ops calls fail fast, inference of resolved adapters goes on."""
+
+    code = "database_unavailable"
+    retry_after_s = 5
+
+
+class RateLimitedError(ApiError):
+    """A key went over its request rate or its concurrent requests; `retry_after_s` says when to come back."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class StorageFullError(ApiError):
+    """The disk refused a write (full, over quota, or over the file size limit); what was written is removed."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
+
+
 class EngineNotReadyError(ServiceUnavailableError):
     code = "engine_not_ready"
     retry_after_s = 5
@@ -203,13 +235,55 @@ def _param_from_location(location: tuple[Any, ...]) -> str | None:
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    _count(request, exc.status_code, None)
+    full = storage_error(exc)  # FastAPI answers 400 when writing an uploaded form's file fails: say why instead
+    if full is not None:
+        return _os_error(request, exc)
+    code = "too_large" if exc.status_code == 413 else None
+    _count(request, exc.status_code, code)
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return JSONResponse(
-        error_body(str(exc.detail), error_type),
+        error_body(str(exc.detail), error_type, code=code),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def storage_error(exc: BaseException) -> StorageFullError | None:
+    """The 507 for a write the file system refused, wherever in the chain of causes the OSError sits."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            return StorageFullError(
+                f"The server's storage refused the write ({current.strerror}); nothing was kept. "
+                "Ask the operator to free space, then retry."
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Connection-level database failures (down, refusing connections, pool exhausted), not bad statements."""
+    if isinstance(exc, PoolTimeoutError | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return _unexpected_error(request, exc)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    return _api_error(request, DatabaseUnavailableError("The hub's database is unavailable; retry shortly."))
+
+
+def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    full = storage_error(exc)
+    if full is None:
+        return _unexpected_error(request, exc)
+    logger.error("storage refused a write on %s %s: %s", request.method, request.url.path, exc)
+    return _api_error(request, full)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -224,4 +298,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HubError, _hub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected_error)

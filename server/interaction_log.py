@@ -3,7 +3,8 @@
 A request only decides whether it is logged (opt-out header, the adapter's sampling rate) and puts a record on a
 bounded queue without waiting. Redaction and the database write happen in the writer thread, through its own
 connection pool with a short lock timeout: a slow or unwritable database costs dropped records (counted in
-`loradock_interactions_dropped`), never a slower or failed response.
+`loradock_interactions_dropped`), never a slower or failed response. An unreachable database (an outage, a
+failover) is waited out instead: records queue up to `log_queue_size` and are written when it is back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from adapters.database import Database
 from adapters.interactions import InteractionRecord, InteractionStore, LogPolicyView
 from adapters.redaction import Redactor
 from adapters.settings import Settings
+from server.errors import database_unavailable
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ OPT_OUT_HEADER = "x-loradock-log"
 OPT_OUT_VALUES = frozenset({"off", "false", "0", "no"})
 BATCH = 256
 POLICY_REFRESH_S = 5.0
+UNREACHABLE_RETRY_S = 1.0
 
 
 def opted_out(header: str | None) -> bool:
@@ -123,8 +126,8 @@ class InteractionLog:
 
     def _write(self, batch: list[InteractionRecord]) -> None:
         try:
-            redacted = self._store.write(batch, self._redactor)
-        except Exception as exc:  # a locked, full or unreachable database: drop this batch, keep serving
+            redacted = self._write_when_reachable(batch)
+        except Exception as exc:  # a locked or full database, or a record it refuses: drop this batch, keep serving
             logger.warning("interaction log: %d records dropped, the database refused them: %s", len(batch), exc)
             self._metrics.interactions_dropped.labels("database_error").inc(len(batch))
         else:
@@ -134,6 +137,21 @@ class InteractionLog:
         with self._progress:
             self._settled += len(batch)
             self._progress.notify_all()
+
+    def _write_when_reachable(self, batch: list[InteractionRecord]) -> int:
+        """Write `batch`; while the database is unreachable, hold it and retry, so an outage loses nothing.
+
+        New records wait in the bounded queue meanwhile (beyond it they are dropped, counted); a server that stops
+        during the outage gives up after its close timeout.
+        """
+        while True:
+            try:
+                return self._store.write(batch, self._redactor)
+            except Exception as exc:
+                if not database_unavailable(exc) or self._stop.is_set():
+                    raise
+                logger.warning("interaction log: database unreachable, holding %d records: %s", len(batch), exc)
+                self._stop.wait(UNREACHABLE_RETRY_S)
 
     def _refresh_policies(self) -> None:
         try:

@@ -40,9 +40,17 @@ class PromptBuilder:
     "Already borrowed" (vLLM's server serializes its tokenizer calls the same way).
     """
 
-    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_model_len: int,
+        max_prompt_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+    ) -> None:
         self._tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_output_tokens = max_output_tokens
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
     async def chat(self, messages: Sequence[ChatMessage]) -> list[int]:
@@ -67,7 +75,19 @@ class PromptBuilder:
         return list(self._tokenizer.encode(rendered, add_special_tokens=False))
 
     def max_tokens_for(self, prompt_tokens: int, requested: int | None, prompt_param: str, max_param: str) -> int:
-        """The completion budget: what was asked, or what is left of the context; refuse what cannot fit."""
+        """The completion budget: what was asked, or what is left of the context (within the server's limits);
+        refuse what cannot fit."""
+        if self.max_prompt_tokens is not None and prompt_tokens > self.max_prompt_tokens:
+            raise ContextLengthExceededError(
+                f"This server accepts at most {self.max_prompt_tokens} prompt tokens, "
+                f"but your {prompt_param} has {prompt_tokens} tokens.",
+                param=prompt_param,
+            )
+        if self.max_output_tokens is not None and requested is not None and requested > self.max_output_tokens:
+            raise InvalidRequestError(
+                f"'{max_param}' may be at most {self.max_output_tokens} on this server, got {requested}.",
+                param=max_param,
+            )
         room = self.max_model_len - prompt_tokens
         if room <= 0:
             raise ContextLengthExceededError(
@@ -76,7 +96,7 @@ class PromptBuilder:
                 param=prompt_param,
             )
         if requested is None:
-            return room
+            return room if self.max_output_tokens is None else min(room, self.max_output_tokens)
         if requested > room:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "

@@ -3,7 +3,7 @@
 Resolutions are cached for `resolution_cache_s` (2 s by default): long enough that the request path almost
 never waits on the database, short enough that an alias moved or a version deprecated on another replica takes
 effect at once for practical purposes. Only successes are cached, so a name registered a moment ago (on any
-replica) resolves on its first request.
+replica) resolves on its first request. While the database is unreachable, expired resolutions keep serving.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from adapters.naming import SHADOW_ALIAS, ModelRef, parse_model_ref
 from adapters.records import VersionView
 from adapters.registry import Resolution
 from server.engine import LoraTarget
-from server.errors import IncompatibleModelError, ModelGoneError, ModelNotFoundError, PermissionDeniedError
+from server.errors import (
+    IncompatibleModelError,
+    ModelGoneError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    database_unavailable,
+)
 
 FINE_TUNED_PREFIX = "ft:"
 """Models named by fine-tuning jobs (`ft:BASE:SUFFIX:JOB`), each standing for one hub version."""
@@ -83,6 +89,12 @@ class HubResolver:
                 raise ModelNotFoundError(model) from None
             except GoneError as exc:
                 raise ModelGoneError(str(exc), param="model") from exc
+            except Exception as exc:
+                if cached is None or not database_unavailable(exc):
+                    raise
+                # The database is down: keep serving what this replica already resolved (an alias moved meanwhile
+                # takes effect when it is back), rather than failing inference along with the ops API.
+                return cached[0].pick(user)
             self._cache[model] = (resolution, time.monotonic() + self._cache_s)
         return resolution.pick(user)
 
@@ -102,6 +114,10 @@ class HubResolver:
             shadow: ServedModel | None = self.served(resolution.pick(None))
         except (NotFoundError, GoneError):
             shadow = None
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            return cached[0] if cached is not None else None  # no shadow copies while the database is away
         self._shadows[name] = (shadow, time.monotonic() + self._cache_s)
         return shadow
 

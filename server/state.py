@@ -14,9 +14,10 @@ from adapters.settings import Settings
 from server.adapter_cache import AdapterCache
 from server.admission import Admission
 from server.drift_monitor import DriftMonitor
-from server.engine import Engine
+from server.engine import InferenceEngine
 from server.errors import EngineNotReadyError
 from server.interaction_log import InteractionLog
+from server.limits import KeyLimits
 from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder
 from server.resolution import HubResolver
@@ -34,12 +35,13 @@ class ServerState:
     resolver: HubResolver
     key_cache: KeyCache
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
-    engine: Engine | None = None
+    engine: InferenceEngine | None = None
     prompts: PromptBuilder | None = None
     adapters: AdapterCache | None = None
     startup_error: str | None = None
     started_at: float = field(default_factory=time.time)
     admission: Admission = field(init=False)
+    key_limits: KeyLimits = field(init=False)
     interaction_log: InteractionLog = field(init=False)
     drift: DriftMonitor = field(init=False)
     traffic: TrafficHistory = field(init=False)
@@ -49,14 +51,17 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.max_concurrent_requests, self.metrics.in_flight)
+        self.key_limits = KeyLimits(self.settings)
         self.interaction_log = InteractionLog(self.settings, self.metrics)
         self.drift = DriftMonitor(self.settings, self.metrics)
         self.traffic = TrafficHistory(self.metrics)
         self.shadow_slots = asyncio.Semaphore(self.settings.shadow_max_in_flight)
 
-    def attach_engine(self, engine: Engine) -> None:
+    def attach_engine(self, engine: InferenceEngine) -> None:
         self.engine = engine
-        self.prompts = PromptBuilder(engine.tokenizer, engine.max_model_len)
+        self.prompts = PromptBuilder(
+            engine.tokenizer, engine.max_model_len, self.settings.max_prompt_tokens, self.settings.max_output_tokens
+        )
         self.adapters = AdapterCache(engine, self.metrics, self.settings.max_cpu_loras)
 
 
@@ -65,7 +70,7 @@ class ReadyServer:
     """The state of a server whose engine is up: routes that generate depend on this."""
 
     state: ServerState
-    engine: Engine
+    engine: InferenceEngine
     prompts: PromptBuilder
     adapters: AdapterCache
 

@@ -43,6 +43,7 @@ class ServerProcess:
     ) -> None:
         self.home = home
         self.ready_path = ready_path
+        self.env = env or {}
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -148,14 +149,14 @@ def adapter_files(folder: Path) -> list[Path]:
 class BackgroundStream:
     """A streamed chat completion read in a thread, so a test can act while it is in flight."""
 
-    def __init__(self, url: str, body: dict[str, object]) -> None:
+    def __init__(self, url: str, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
         self.events: list[str] = []
         self._started = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(url, {**body, "stream": True}))
+        self._thread = threading.Thread(target=self._read, args=(url, {**body, "stream": True}, headers or {}))
         self._thread.start()
 
-    def _read(self, url: str, body: dict[str, object]) -> None:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+    def _read(self, url: str, body: dict[str, object], headers: dict[str, str]) -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120) as response:
             for line in response.iter_lines():
                 if line:
                     self.events.append(line)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from adapters.database import redacted_url
 from adapters.datafiles import DataError, check_file
 from adapters.fine_tuning import FineTuningStore, JobObject, auto_epochs
 from adapters.hub import Hub
@@ -69,7 +70,7 @@ class Worker:
         """Work until SIGTERM/SIGINT (or, with `once`, until no job is waiting)."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        self.console.print(f"worker {self.name} on {self.settings.database}")
+        self.console.print(f"worker {self.name} on {redacted_url(self.settings.database)}")
         try:
             while not self.stopping:
                 for job_id in self.store.recover_stale(self.settings.worker_stale_s, self.settings.worker_max_attempts):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, model_validator
 from starlette.background import BackgroundTask
@@ -18,13 +19,14 @@ from adapters.drift.sample import ProfileSample, store_sample_profile
 from adapters.drift.summary import adapter_drift
 from adapters.errors import NotFoundError
 from adapters.keys import Principal
-from adapters.records import AdapterView, AliasTarget, AliasView, VersionView
+from adapters.records import DB_INT_MAX, AdapterView, AliasTarget, AliasView, VersionView
 from server.auth import Admin, Caller
 from server.errors import PermissionDeniedError
 from server.serving.registration import RegisterFromSource, register_from_request
 from server.state import ServerState, State
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+VersionNumber = Annotated[int, PathParameter(ge=1, le=DB_INT_MAX, description="A version number (1, 2, ...).")]
 
 REGISTER_BODY: dict[str, Any] = {
     "requestBody": {
@@ -59,7 +61,7 @@ class AdapterList(BaseModel):
 class AliasUpdate(BaseModel):
     """Point an alias at one `version`, or split it over `targets` by weight."""
 
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=DB_INT_MAX)
     targets: list[AliasTarget] | None = None
 
     @model_validator(mode="after")
@@ -130,7 +132,7 @@ async def get_drift(name: str, state: State, caller: Caller) -> AdapterDrift:
 
 @router.put("/{name}/versions/{version}/drift-profile", status_code=201)
 async def set_drift_profile(
-    name: str, version: int, sample: ProfileSample, state: State, caller: Admin
+    name: str, version: VersionNumber, sample: ProfileSample, state: State, caller: Admin
 ) -> dict[str, Any]:
     """Build the version's drift reference from a sample of the prompts (and answers) it is meant for; 409 if it
     has one and `replace` is not set."""
@@ -141,7 +143,7 @@ async def set_drift_profile(
 
 
 @router.get("/{name}/versions/{version}")
-async def get_version(name: str, version: int, state: State, caller: Caller) -> VersionView:
+async def get_version(name: str, version: VersionNumber, state: State, caller: Caller) -> VersionView:
     view = await _readable(state, caller, name, state.hub.registry.get_version, name, version)
     assert isinstance(view, VersionView)
     return view
@@ -152,7 +154,7 @@ async def get_version(name: str, version: int, state: State, caller: Caller) -> 
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}, "description": "the version's files as a .tar.gz"}},
 )
-async def download_version(name: str, version: int, state: State, caller: Caller) -> FileResponse:
+async def download_version(name: str, version: VersionNumber, state: State, caller: Caller) -> FileResponse:
     """The version's files (adapter_config.json, adapter_model.safetensors, ...) as one .tar.gz."""
     view = await _readable(state, caller, name, state.hub.registry.get_version, name, version)
     assert isinstance(view, VersionView)
@@ -167,7 +169,9 @@ async def download_version(name: str, version: int, state: State, caller: Caller
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}, "description": "the export's files as a .tar.gz"}},
 )
-async def download_artifact(name: str, version: int, artifact_id: str, state: State, caller: Caller) -> FileResponse:
+async def download_artifact(
+    name: str, version: VersionNumber, artifact_id: str, state: State, caller: Caller
+) -> FileResponse:
     """An export of the version (merged model, ONNX build, distilled student) with its report, as one .tar.gz."""
     await _readable(state, caller, name, state.hub.registry.get_version, name, version)
     artifact, folder = await asyncio.to_thread(state.hub.registry.artifacts.get, name, version, artifact_id)
@@ -216,7 +220,7 @@ async def delete_alias(name: str, alias: str, state: State, caller: Admin) -> Re
 @router.delete("/{name}/versions/{version}")
 async def retire_version(
     name: str,
-    version: int,
+    version: VersionNumber,
     state: State,
     caller: Admin,
     purge: Annotated[bool, Query(description="Also delete the files once nothing references them.")] = False,

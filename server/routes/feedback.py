@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 from adapters.errors import NotFoundError
 from adapters.feedback import FeedbackFilter, FeedbackInput, FeedbackView
 from adapters.fine_tuning import Page
+from adapters.records import DB_INT_MAX
 from server.auth import Admin, Caller
 from server.routes.files import tenant_of
 from server.state import State
@@ -43,7 +44,7 @@ async def list_feedback(
     state: State,
     _admin: Admin,
     adapter: Annotated[str | None, Query(description="Only completions of this adapter.")] = None,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=DB_INT_MAX)] = None,
     source: Annotated[str | None, Query()] = None,
     tenant: Annotated[str | None, Query()] = None,
     rating: Annotated[Literal["up", "down"] | None, Query()] = None,

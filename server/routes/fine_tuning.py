@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.fine_tuning import Hyperparameters, JobObject, JobRequest, Page
+from adapters.records import DB_INT_MAX
 from server.auth import Caller
 from server.errors import InvalidRequestError
 from server.routes.files import tenant_of
@@ -38,7 +39,7 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: MethodSpec | None = None
     suffix: str | None = Field(default=None, max_length=64)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=DB_INT_MAX)
     metadata: dict[str, str] | None = None
     loradock: dict[str, Any] | None = Field(
         default=None, description="LoRA options: r, alpha, dropout, target_modules, use_dora, use_rslora, evaluate."

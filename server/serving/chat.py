@@ -65,7 +65,7 @@ async def create_chat_completion(
     max_tokens = server.prompts.max_tokens_for(len(prompt), requested, "messages", max_param)
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=logprobs)
-    job = Job(f"chatcmpl-{uuid.uuid4().hex}", prompt, options)
+    job = Job(f"chatcmpl-{uuid.uuid4().hex}", prompt, options, owner=principal)
     payload = chat_payload(request.messages)
     recorder = recorder_for(server, http, principal, served, ROUTE, job.request_id, request, payload, timing)
     stream = generate(server, served, job, ROUTE, timing)

@@ -53,10 +53,14 @@ async def create_completion(
         raise InvalidRequestError("'suffix' is not supported by this server.", param="suffix")
     request_id = f"cmpl-{uuid.uuid4().hex}"
     jobs = []
+    requested = request.max_tokens
+    cap = server.prompts.max_output_tokens
+    if "max_tokens" not in request.model_fields_set and cap is not None:
+        requested = min(requested, cap)  # OpenAI's default of 16 is not the client's request: keep it in the cap
     for position, prompt in enumerate(await _prompts(server, request)):
-        max_tokens = server.prompts.max_tokens_for(len(prompt), request.max_tokens, "prompt", "max_tokens")
+        max_tokens = server.prompts.max_tokens_for(len(prompt), requested, "prompt", "max_tokens")
         options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=request.logprobs)
-        jobs.append(Job(f"{request_id}-{position}", prompt, options, position))
+        jobs.append(Job(f"{request_id}-{position}", prompt, options, position, owner=principal))
     payload = {"prompt": request.prompt}
     recorder = recorder_for(server, http, principal, served, ROUTE, request_id, request, payload, timing)
     streams = [generate(server, served, job, ROUTE, timing) for job in jobs]

@@ -11,11 +11,13 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
 
+from adapters.keys import Principal
 from server.engine import ChoiceDelta, SamplingOptions, TokenLogprob
 from server.errors import ApiError, error_body
 from server.resolution import ServedModel
@@ -38,6 +40,8 @@ class Job:
     options: SamplingOptions
     position: int = 0
     """Which prompt of its request this is; choice indexes count on from position * n."""
+    owner: Principal | None = None
+    """The key that asked, whose limit on generations in flight this job counts against (None: the server's own)."""
 
 
 @dataclass
@@ -55,6 +59,14 @@ async def generate(
 ) -> Steps:
     """The engine's steps for `job`, inside an admission slot and with its metrics recorded; `timing` (shared by a
     request's jobs) learns when the first token came."""
+    with server.state.key_limits.generation_slot(job.owner):
+        # aclosing: a client that hangs up closes this generator, which must close (abort) the inner one at once.
+        async with aclosing(_generate(server, served, job, route, timing)) as steps:
+            async for step in steps:
+                yield step
+
+
+async def _generate(server: ReadyServer, served: ServedModel, job: Job, route: str, timing: Timing | None) -> Steps:
     state = server.state
     state.admission.acquire()
     metrics = state.metrics

@@ -23,5 +23,5 @@ def test_migrating_twice_is_harmless(database_url: str) -> None:
     open_database(database_url).dispose()
     database = open_database(database_url)
     with database.engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0005"
+        assert MigrationContext.configure(connection).get_current_revision() == "0006"
     database.dispose()

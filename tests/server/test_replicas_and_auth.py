@@ -16,7 +16,7 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.keys import create_key, revoke_key
 from tests.adapter_factory import write_adapter
 from tests.conftest import SERVER_ENV, fresh_postgres_database
-from tests.helpers import LORADOCK, ServerProcess, adapter_files, chromium, upload_adapter
+from tests.helpers import LORADOCK, BackgroundStream, ServerProcess, adapter_files, chromium, upload_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,8 @@ def cluster(
             "admin": create_key(database, scope="admin", tenant="ops")[0],
             "inference": create_key(database, scope="inference", tenant="apps")[0],
             "tenant": create_key(database, scope="inference", tenant="acme", adapters=["tenant-a"])[0],
+            "limited": create_key(database, scope="inference", tenant="small", requests_per_minute=4)[0],
+            "single": create_key(database, scope="inference", tenant="single", max_concurrent=1)[0],
         }
         revoked, view = create_key(database, scope="admin", tenant="old")
         revoke_key(database, view.id)
@@ -183,3 +185,45 @@ def test_drift_is_readable_by_keys_that_may_use_the_adapter(cluster) -> None:
     assert httpx.get(f"{a.url}/v1/adapters/tenant-a/drift", headers=tenant).status_code == 200
     assert httpx.get(f"{a.url}/v1/adapters/tenant-b/drift", headers=tenant).status_code == 403
     assert httpx.get(f"{a.url}/v1/adapters/tenant-a/drift").status_code == 401
+
+
+def test_a_keys_rate_and_concurrency_limits_are_429_with_retry_after(cluster) -> None:
+    a, _, keys = cluster
+    chat = {"model": "SmolLM2-135M-Instruct", "messages": HELLO, "max_tokens": 1}
+
+    def ask(key: str) -> httpx.Response:
+        return httpx.post(f"{a.url}/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {key}"})
+
+    statuses = [ask(keys["limited"]).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]
+    limited = ask(keys["limited"])
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert ask(keys["inference"]).status_code == 200  # other keys are not affected
+
+    long = {**chat, "max_tokens": 64, "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    stream = BackgroundStream(a.url, long, headers={"Authorization": f"Bearer {keys['single']}"})
+    assert stream.wait_started()
+    second = ask(keys["single"])
+    stream.finish()
+    assert second.status_code == 429 and second.json()["error"]["code"] == "concurrency_limit_exceeded"
+    assert second.headers["retry-after"] == "1"
+    assert ask(keys["single"]).status_code == 200
+
+
+def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
+    """Last: it reads what every test before it made the replicas log and store."""
+    a, b, keys = cluster
+    key = keys["inference"]
+    httpx.get(f"{a.url}/v1/models?api_key={key}", headers={"Authorization": f"Bearer {key}"})
+    httpx.get(f"{a.url}/v1/models", headers={"Authorization": f"Bearer {key}x"})
+    logs = a.log_path.read_text() + b.log_path.read_text()
+    database = open_database(a.env["LORADOCK_DATABASE_URL"])
+    with database.engine.connect() as connection:
+        stored = " ".join(str(row) for row in connection.exec_driver_sql("SELECT * FROM interactions"))
+    database.dispose()
+    assert stored, "the replicas logged no interactions to check"
+    assert "[REDACTED]" in logs
+    for secret in keys.values():
+        assert secret not in logs and secret[4:] not in logs
+        assert secret not in stored

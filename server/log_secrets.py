@@ -1,0 +1,47 @@
+"""Keys never reach a log line: a filter on every handler masks loradock keys and the bootstrap admin key.
+
+Nothing in loradock logs a header on purpose; this is the guard for what it does not control: uvicorn's access
+log prints query strings (a client that put its key in the URL), and exception messages may quote request data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from adapters.keys import KEY_PREFIX
+
+MASK = "[REDACTED]"
+KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_\-]{8,}")
+SERVER_LOGGERS = ("", "uvicorn", "uvicorn.access", "uvicorn.error")
+
+
+class SecretFilter(logging.Filter):
+    def __init__(self, extra_secrets: list[str]) -> None:
+        super().__init__()
+        self._extra = [secret for secret in extra_secrets if secret]
+
+    def mask(self, text: str) -> str:
+        text = KEY_PATTERN.sub(KEY_PREFIX + MASK, text)
+        for secret in self._extra:
+            text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self.mask(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_secrets_in_logs(extra_secrets: list[str]) -> None:
+    """Attach the filter to every handler of the server's loggers (call after uvicorn configured logging)."""
+    secret_filter = SecretFilter(extra_secrets)
+    for name in SERVER_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(secret_filter)
