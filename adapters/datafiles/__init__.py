@@ -27,12 +27,12 @@ class FileCheck:
 
     def summary(self, name: str, limit: int = 10) -> str:
         """Line-numbered reasons, as a job's error and a file's status_details show them."""
-        if self.shape is None:
-            return f"{name}: no readable rows"
         if not self.refused:
-            return f"{name}: {self.rows} rows in {self.shape} shape"
+            return f"{name}: {self.rows} rows in {self.shape} shape" if self.shape else f"{name}: no readable rows"
         listed = "; ".join(f"line {refusal.line}: {refusal.reason}" for refusal in self.refused[:limit])
         more = f"; and {len(self.refused) - limit} more" if len(self.refused) > limit else ""
+        if self.shape is None:  # every line was refused: the reasons are what the user needs
+            return f"{name}: no readable rows ({listed}{more})"
         return f"{name}: {len(self.refused)} invalid rows ({listed}{more})"
 
 

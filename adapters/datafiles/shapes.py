@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -108,6 +109,8 @@ class _Refused(ValueError):
 
 def _string(data: dict[str, Any], key: str, *, optional: bool = False, numbers: bool = False) -> str:
     value = data.get(key)
+    if isinstance(value, float) and math.isnan(value):
+        value = None  # pandas writes a missing value as NaN, in its Parquet and JSON files alike
     if value is None:
         if optional:
             return ""
@@ -115,6 +118,8 @@ def _string(data: dict[str, Any], key: str, *, optional: bool = False, numbers: 
     if isinstance(value, str):
         return value
     if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isinf(value):
+            raise _Refused(f"field '{key}' must be a string or a finite number, got {value}")
         return str(value)  # class labels are often written as numbers
     raise _Refused(f"field '{key}' must be a string, got {type(value).__name__}")
 
@@ -154,9 +159,12 @@ def _preference(row: Row, system_prompt: str | None) -> Example:
         chosen, rejected = _answer(data, "chosen"), _answer(data, "rejected")
     if isinstance(prompt, str):
         turns = _chat(system_prompt, prompt, chosen)
+    elif isinstance(prompt, list) and prompt:
+        turns = _messages([*prompt, {"role": "assistant", "content": chosen}], system_prompt)
     else:
-        with_answer = [*(prompt or []), {"role": "assistant", "content": chosen}]
-        turns = _messages(with_answer, system_prompt)
+        where = "input.messages" if all(key in data for key in OPENAI_DPO_KEYS) else "prompt"
+        got = "nothing" if prompt is None else _brief(prompt)
+        raise _Refused(f"'{where}' must be a string or a non-empty list of messages, got {got}")
     return Example(row.line, messages=turns, rejected=rejected)
 
 
@@ -181,7 +189,7 @@ def _messages(value: Any, system_prompt: str | None) -> tuple[tuple[str, str], .
             raise _Refused(f"messages[{index}] must be an object")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise _Refused(f"messages[{index}].role must be one of {list(ROLES)}, got {role!r}")
+            raise _Refused(f"messages[{index}].role must be one of {list(ROLES)}, got {_brief(role)}")
         if not isinstance(content, str):
             raise _Refused(f"messages[{index}].content must be a string, got {type(content).__name__}")
         turns.append((str(role), content))
@@ -190,3 +198,11 @@ def _messages(value: Any, system_prompt: str | None) -> tuple[tuple[str, str], .
     if system_prompt and turns[0][0] != "system":
         turns.insert(0, ("system", system_prompt))
     return tuple(turns)
+
+
+def _brief(value: Any) -> str:
+    """A wrong value as a refusal shows it: scalars in short, containers by type (they may be huge or deep)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+    return type(value).__name__
