@@ -1,8 +1,9 @@
-"""`loradock adapters ...` and `loradock keys ...`: the hub from the command line, with Rich tables."""
+"""`loradock adapters ...`, `loradock keys ...` and `loradock gc`: the hub from the command line, with Rich tables."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from rich.table import Table
 from adapters.client import HubClient, open_client
 from adapters.drift.sample import ProfileSample
 from adapters.errors import HubError
+from adapters.gc import DESCRIPTIONS, Finding, remove, scan
+from adapters.hub import Hub
 from adapters.records import AdapterView, AliasTarget
 from adapters.settings import Settings
 
@@ -191,6 +194,12 @@ def create_key(
     adapters: str | None = typer.Option(None, help="Comma-separated adapters an inference key may use."),
     tenant: str = typer.Option("default", help="The tenant the key belongs to."),
     description: str = typer.Option("", help="A note for ops."),
+    rpm: int | None = typer.Option(
+        None, "--rpm", min=1, help="Requests per minute [default: the server's LORADOCK_KEY_REQUESTS_PER_MINUTE]."
+    ),
+    max_concurrent: int | None = typer.Option(
+        None, min=1, help="Generations in flight [default: the server's LORADOCK_KEY_MAX_CONCURRENT]."
+    ),
 ) -> None:
     """Create a key; it is printed once and stored only as a hash."""
     from adapters.database import open_database
@@ -199,7 +208,13 @@ def create_key(
     allowed = [name.strip() for name in adapters.split(",") if name.strip()] if adapters else None
     try:
         plaintext, view = create(
-            open_database(Settings().database), scope=scope, tenant=tenant, adapters=allowed, description=description
+            open_database(Settings().database),
+            scope=scope,
+            tenant=tenant,
+            adapters=allowed,
+            description=description,
+            requests_per_minute=rpm,
+            max_concurrent=max_concurrent,
         )
     except (HubError, ValueError) as exc:
         raise _fail(exc) from exc
@@ -213,7 +228,7 @@ def list_keys() -> None:
     from adapters.database import open_database
     from adapters.keys import list_keys as all_keys
 
-    table = Table("id", "prefix", "scope", "tenant", "adapters", "created", "revoked", "description")
+    table = Table("id", "prefix", "scope", "tenant", "adapters", "limits", "created", "revoked", "description")
     for key in all_keys(open_database(Settings().database)):
         table.add_row(
             str(key.id),
@@ -221,6 +236,7 @@ def list_keys() -> None:
             key.scope,
             key.tenant,
             ",".join(key.adapters) if key.adapters is not None else "all",
+            f"{key.requests_per_minute or 'default'}/min, {key.max_concurrent or 'default'} at once",
             f"{key.created_at:%Y-%m-%d %H:%M}",
             f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-",
             key.description,
@@ -260,12 +276,108 @@ def _short(metadata: dict[str, Any], limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def gc(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be removed; never remove."),
+    grace: str = typer.Option(
+        "15m",
+        help="Leave alone anything changed within this long (30s, 15m, 2h, 0): an upload, registration, training "
+        "run or export in progress on any replica sharing the store.",
+    ),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Re-hash every referenced artifact and dataset file (reads them all)."
+    ),
+    allow_empty_database: bool = typer.Option(
+        False, "--allow-empty-database", help="Remove unreferenced content even though the database holds no row."
+    ),
+) -> None:
+    """Find what crashes left behind (staging leftovers, stored content no row references, half-written uploads
+    and training outputs) and remove it; report rows whose files are missing or corrupt (exit code 1)."""
+    from adapters.database import redacted_url
+
+    try:
+        grace_s = _duration(grace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--grace") from exc
+    settings = Settings()
+    hub = Hub.open(settings)
+    try:
+        console.print(f"checking {settings.home} against {redacted_url(settings.database)}")
+        findings = scan(hub, grace_s=grace_s, verify=verify, allow_empty_database=allow_empty_database)
+        removable = [finding for finding in findings if finding.removable]
+        problems = [finding for finding in findings if not finding.removable]
+        _show_findings(findings, settings.home)
+        what = f"{len(removable)} item{'s' if len(removable) != 1 else ''}"
+        what += f" ({sum(finding.size_bytes for finding in removable) / 1e6:.1f} MB)"
+        if not removable:
+            console.print("nothing to remove")
+        elif dry_run:
+            console.print(f"would remove {what}; run without --dry-run to remove")
+        elif not yes and not sys.stdin.isatty():
+            console.print(f"{what} to remove: run again with --yes to remove them")
+        elif yes or typer.confirm(f"Remove {what}?", default=False):
+            removed = remove(hub, removable, grace_s=grace_s)
+            console.print(f"removed {len(removed)} of {what}")
+            if len(removed) < len(removable):
+                console.print("the others changed since the scan (in use again); they were kept")
+    finally:
+        hub.close()
+    if problems:
+        console.print(f"[red]error:[/red] {len(problems)} inconsistencies gc cannot repair (listed above)")
+        raise typer.Exit(1)
+
+
+def _show_findings(findings: list[Finding], home: Path) -> None:
+    if not findings:
+        return
+    table = Table("kind", "path", "size", "idle", "detail")
+    for finding in findings:
+        table.add_row(
+            finding.kind,
+            _relative(finding.path, home),
+            f"{finding.size_bytes / 1e6:.1f} MB",
+            _idle(finding.age_s),
+            finding.detail,
+            style="" if finding.removable else "red",
+        )
+    console.print(table)
+    for kind in dict.fromkeys(finding.kind for finding in findings):
+        console.print(f"  [bold]{kind}[/bold]: {DESCRIPTIONS[kind]}")
+
+
+def _duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `15m`, `2h` or `1d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 15m, 2h or 0") from None
+    if seconds < 0:
+        raise ValueError(f"{text!r}: a duration cannot be negative")
+    return seconds
+
+
+def _relative(path: Path, home: Path) -> str:
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
+
+
+def _idle(age_s: float | None) -> str:
+    if age_s is None:
+        return "-"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age_s >= seconds:
+            return f"{age_s / seconds:.0f}{unit}"
+    return f"{age_s:.0f}s"
+
+
 def register_commands(app: typer.Typer) -> None:
     from adapters.drift.commands import register_drift_command
     from adapters.loop_commands import register_loop_commands
 
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(keys_app, name="keys")
+    app.command("gc")(gc)
     register_loop_commands(app)
     register_drift_command(app)
 

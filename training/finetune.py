@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from adapters.base_models import local_model_folder, resolve_base_model
 from adapters.fingerprint import BaseModelSpec
 from adapters.records import VersionView
 from adapters.settings import Settings
+from adapters.store import fsync_dir, fsync_tree, write_atomic
 from training.config import ConfigError, TrainConfig
 from training.data.prepare import DataReport, PreparedData, prepare_data
 from training.data.tokenize import Encoded, check_stop_token, encode, render_sample
@@ -53,7 +55,7 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
     base_folder = local_model_folder(base_ref)
     base = BaseModelSpec.from_folder(base_folder)
     run_dir = _run_dir(config, settings, resume)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     console.rule(f"[bold]loradock train[/bold] {run_dir.name}")
     console.print(Text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), style="dim"))
 
@@ -78,16 +80,19 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
         trainer = dpo_trainer(config, base_folder, tokenizer, train_examples, validation_examples, run_dir, start_from)
     else:
         trainer = sft_trainer(config, base_folder, tokenizer, train_examples, validation_examples, run_dir, start_from)
-    checkpoint = resume and any((run_dir / CHECKPOINTS).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    checkpoint = _last_complete_checkpoint(run_dir / CHECKPOINTS) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     steps = trainer.state.global_step
     trained_tokens = int(trainer.state.num_input_tokens_seen or 0)
 
     # --- save ----------------------------------------------------------------------------------------------
+    # Assembled under a temporary name and renamed once the model card is in: `adapter/` is always complete.
     adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
+    partial = run_dir / ".adapter.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # an earlier attempt's, killed while saving
+    trainer.model.save_pretrained(partial)
     write_manifest(
-        adapter_dir, base, base_model=config.base_model, run_id=run_dir.name, dataset_sha256=prepared.dataset_sha256
+        partial, base, base_model=config.base_model, run_id=run_dir.name, dataset_sha256=prepared.dataset_sha256
     )
     del trainer
     gc.collect()
@@ -98,24 +103,25 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
         console.print("[bold]evaluating[/bold] base and tuned on the test split (vLLM engine)")
         result = evaluate_adapter(
             str(base_folder),
-            adapter_dir,
+            partial,
             tokenizer,
             prepared.splits["test"],
             max_new_tokens=config.eval_max_new_tokens,
-            lora_rank=_trained_rank(adapter_dir),
+            lora_rank=_trained_rank(partial),
         )
         evaluation = result.to_json()
         summary = {"adapter": config.register_as or run_dir.name, "base_model": config.base_model, "steps": steps}
         report = write_eval_report(run_dir, evaluation, summary)
         _show_evaluation(console, evaluation, report)
     write_model_card(
-        adapter_dir,
+        partial,
         name=config.register_as or run_dir.name,
         base_model=config.base_model,
         config=config.model_dump(mode="json"),
         dataset={"dataset_sha256": prepared.dataset_sha256, **prepared.report.to_json()},
         metrics=evaluation,
     )
+    _publish(partial, adapter_dir)
 
     # --- register ------------------------------------------------------------------------------------------
     registered = None
@@ -136,7 +142,7 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
         "registered": registered.ref if registered else None,
         "evaluation": evaluation,
     }
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    write_atomic(run_dir / "run.json", json.dumps(record, indent=2, default=str))
     return RunResult(run_dir, adapter_dir, steps, evaluation, registered)
 
 
@@ -154,6 +160,40 @@ def _run_dir(config: TrainConfig, settings: Settings, resume: bool) -> Path:
         raise ConfigError(f"{run_dir} already holds a finished run; choose another --output-dir or --resume it")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; the unfinished ones of a killed run are deleted.
+
+    The Trainer writes a checkpoint's files in place and trainer_state.json last, and `resume_from_checkpoint=True`
+    would pick the highest-numbered folder even if a kill -9 cut its writing short.
+    """
+    complete = None
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=_step_of):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            complete = checkpoint
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return complete
+
+
+def _step_of(checkpoint: Path) -> int:
+    number = checkpoint.name.rsplit("-", 1)[-1]
+    return int(number) if number.isdigit() else -1
+
+
+def _publish(partial: Path, adapter_dir: Path) -> None:
+    """Move the finished adapter into place; a resumed run's earlier copy is moved aside first and deleted."""
+    fsync_tree(partial)
+    if adapter_dir.exists():
+        previous = adapter_dir.with_name(f".adapter.old-{secrets.token_hex(4)}")
+        adapter_dir.rename(previous)
+        partial.rename(adapter_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        partial.rename(adapter_dir)
+    fsync_dir(adapter_dir.parent)
 
 
 def _starting_adapter(config: TrainConfig, settings: Settings) -> tuple[str | None, Path | None]:

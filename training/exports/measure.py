@@ -54,7 +54,7 @@ def measure(spec: MeasureSpec, workdir: Path) -> Measurement:
     spec_file.write_text(spec.model_dump_json())
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     done = subprocess.run(
-        [sys.executable, "-m", "training.exports.measure", str(spec_file), str(out_file)],
+        [sys.executable, "-m", "training.exports.measure", str(spec_file), str(out_file), str(os.getpid())],
         env=env,
         capture_output=True,
         text=True,
@@ -161,7 +161,20 @@ def _onnx(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
     return (tokens, single_s), (sum(map(len, batched)), batched_s)
 
 
+def _die_with_parent(parent: int) -> None:
+    """The measurement ends with the export that asked for it, even when that one is killed with SIGKILL (Linux's
+    parent-death signal; set here rather than in a preexec_fn, which is unsafe in a process with threads)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the export died before the signal was armed
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _die_with_parent(int(sys.argv[3]))
     spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
     result = _run(MeasureSpec.model_validate_json(spec_path.read_text()))
     out_path.write_text(result.model_dump_json())

@@ -21,6 +21,7 @@ from adapters.chat_template import render_chat
 from adapters.hub import Hub
 from adapters.records import ArtifactView
 from adapters.settings import Settings
+from adapters.store import write_atomic
 from training.exports.distill import DistillConfig
 from training.exports.measure import Measurement, MeasureSpec, measure
 from training.exports.report import build_report, side, token_agreement, write_report
@@ -85,9 +86,7 @@ class Workspace:
         self.progress("measuring the teacher (base + adapter in vLLM)")
         measured = self.measure("vllm", self.source.base_folder, self.source.adapter_dir)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial")
-        partial.write_text(measured.model_dump_json())
-        partial.replace(cached)
+        write_atomic(cached, measured.model_dump_json())
         return measured
 
     def answers(self, measured: Measurement) -> list[str]:
@@ -112,7 +111,11 @@ class Workspace:
 
 @contextlib.contextmanager
 def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Progress) -> Iterator[Workspace]:
-    """Open the hub and the source; on any failure or interruption, remove everything staged."""
+    """Open the hub and the source; on any failure or interruption, remove everything staged.
+
+    A kill -9 skips the clean-up: the staging folders stay in the store's `.incoming/` until `loradock gc` (or a
+    server start) removes them. While the export runs they are kept fresh, so gc never takes them from it.
+    """
     hub = Hub.open(settings)
     artifact, scratch = hub.store.staging(), hub.store.staging()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -123,7 +126,8 @@ def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Pr
 
         transformers_logging.disable_progress_bar()  # one spinner says what runs; per-file bars would bury it
         tokenizer = AutoTokenizer.from_pretrained(source.base_folder)
-        yield Workspace(hub, source, options, artifact, scratch, tokenizer, progress)
+        with hub.store.keep_alive(artifact, scratch):
+            yield Workspace(hub, source, options, artifact, scratch, tokenizer, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
         hub.store.discard(artifact)  # already moved into the store when the export was registered
