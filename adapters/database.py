@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5
+MIGRATION_LOCK_ID = 0x6C6F7261646F636B
+"""A PostgreSQL advisory lock key ("loradock" in ASCII) held while the schema is upgraded."""
 
 
 def redacted_url(url: str) -> str:
@@ -54,6 +56,10 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if not self.is_sqlite:
+                # Replicas starting together would otherwise race to create the same tables; PostgreSQL runs DDL in
+                # the transaction, so the first upgrades and the others find the schema current.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

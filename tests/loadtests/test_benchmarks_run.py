@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.generator import run_load
+from loadtests.reliability_soak import soak
 from loadtests.report import summarize, write_reports
 from loadtests.scenarios import uniform, workload
 from loadtests.vllm_bench import bench_serve
@@ -55,3 +56,14 @@ def test_vllm_bench_serve_runs_against_loradock_with_adapters(
     assert result["completed"] == 6 and result["failed"] == 0
     assert result["total_output_tokens"] == 6 * 8
     assert result["output_throughput"] > 0 and result["p50_ttft_ms"] > 0
+
+
+def test_reliability_soak_counts_every_interaction_and_feedback_it_sent(demo_model: Path, tmp_path: Path) -> None:
+    """A 20-second soak (docs/reliability.md reports the 20-minute one) on PostgreSQL, with registrations."""
+    figures = soak(1 / 3, tmp_path / "soak", model=demo_model, fill_adapter_cache=False)
+    assert figures["failed_requests"] == 0, figures
+    assert figures["streamed_requests"] > 0 and figures["registrations"] >= 1 and figures["feedback_expected"] >= 1
+    assert figures["completions_logged"] == figures["completions_logged_expected"]
+    assert figures["feedback_stored"] == figures["feedback_expected"]
+    assert json.loads((tmp_path / "soak" / "soak.json").read_text())["figures"]["minutes"] > 0
+    assert (tmp_path / "soak" / "soak.png").stat().st_size > 1000
