@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5
+TCP_USER_TIMEOUT_MS = 10_000
 MIGRATION_LOCK_ID = 0x6C6F7261646F636B
 """A PostgreSQL advisory lock key ("loradock" in ASCII) held while the schema is upgraded."""
 
@@ -90,6 +91,8 @@ def _make_engine(url: str, *, writer: bool, timeout_s: float) -> Engine:
                 "options": f"-c lock_timeout={milliseconds}",
                 # A database host that vanished must fail calls in seconds (503 to ops calls), not hang them.
                 "connect_timeout": CONNECT_TIMEOUT_S,
+                # ... and a connection whose host went silent mid-query fails in seconds, not TCP's 15 minutes.
+                "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
                 "keepalives": 1,
                 "keepalives_idle": 30,
                 "keepalives_interval": 10,

@@ -115,7 +115,11 @@ class ArtifactStore:
             target.rename(doomed)
         except FileNotFoundError:
             return False
-        if doomed.stat().st_mtime > time.time() - quiet_s:
+        try:
+            modified = doomed.stat().st_mtime
+        except FileNotFoundError:  # another replica's start-up sweep removed it meanwhile
+            return True
+        if modified > time.time() - quiet_s:
             try:
                 doomed.rename(target)
             except OSError:  # a new commit of the same content is already back in place

@@ -24,6 +24,7 @@ from server.errors import (
 from server.state import ServerState, get_state
 
 KEY_CACHE_S = 10.0
+UNREACHABLE_BACKOFF_S = 5.0
 
 
 class KeyCache:
@@ -31,13 +32,19 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[Principal | None, float]] = {}
+        self._unreachable_until = 0.0
 
     def get(self, key_hash: str, *, stale: bool = False) -> tuple[bool, Principal | None]:
-        """(known, principal); `stale` also returns expired entries (used while the database is unreachable)."""
+        """(known, principal); expired entries too with `stale`, or while the database is marked unreachable."""
         entry = self._entries.get(key_hash)
-        if entry is None or (entry[1] < time.monotonic() and not stale):
+        now = time.monotonic()
+        if entry is None or (entry[1] < now and not stale and now >= self._unreachable_until):
             return False, None
         return True, entry[0]
+
+    def mark_unreachable(self) -> None:
+        """The database did not answer: serve known keys from here for a while without asking it."""
+        self._unreachable_until = time.monotonic() + UNREACHABLE_BACKOFF_S
 
     def put(self, key_hash: str, principal: Principal | None) -> None:
         if len(self._entries) > 10_000:
@@ -67,8 +74,11 @@ async def _principal_for(state: ServerState, key: str) -> Principal | None:
         try:
             principal = await asyncio.to_thread(authenticate, state.hub.database, key, bootstrap)
         except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            state.key_cache.mark_unreachable()
             seen_before, stale_principal = state.key_cache.get(key_hash, stale=True)
-            if not (seen_before and database_unavailable(exc)):
+            if not seen_before:
                 raise
             # Keys seen before the database went away keep working (revocations apply once it is back).
             return stale_principal

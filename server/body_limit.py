@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.settings import Settings
 from server.errors import error_body
 
-UPLOAD_PATHS = frozenset({"/v1/adapters", "/v1/files"})
+UPLOAD_PATHS = ("/v1/adapters", "/v1/files")
 MULTIPART_OVERHEAD = 1 << 20
 
 
@@ -29,7 +29,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self._upload_limit if scope["path"].rstrip("/") in UPLOAD_PATHS else self._json_limit
+        upload = scope["path"].rstrip("/").endswith(UPLOAD_PATHS)  # behind a proxy prefix too
+        limit = self._upload_limit if upload else self._json_limit
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _refuse(send, limit)

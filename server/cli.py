@@ -73,6 +73,8 @@ def serve(
 
 
 def _stop(server: Any, fatal: list[str], reason: str) -> None:
+    if server.should_exit:  # already stopping (Ctrl-C reaches the engine's processes too): not a failure
+        return
     fatal.append(reason)
     server.should_exit = True
 

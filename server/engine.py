@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,7 +90,7 @@ class InferenceEngine(Protocol):
         options: SamplingOptions,
         request_id: str,
         lora: LoraTarget | None = None,
-    ) -> AsyncIterator[list[ChoiceDelta]]: ...
+    ) -> AsyncGenerator[list[ChoiceDelta], None]: ...
 
     async def add_lora(self, lora: LoraTarget) -> None: ...
 
@@ -149,7 +149,7 @@ class Engine:
         options: SamplingOptions,
         request_id: str,
         lora: LoraTarget | None = None,
-    ) -> AsyncIterator[list[ChoiceDelta]]:
+    ) -> AsyncGenerator[list[ChoiceDelta], None]:
         """Yield each step's new output; closing the iterator early aborts the request in the engine."""
         from vllm.exceptions import GracefulHTTPError, VLLMValidationError
         from vllm.inputs.engine import tokens_input

@@ -264,17 +264,33 @@ def storage_error(exc: BaseException) -> StorageFullError | None:
     return None
 
 
+UNREACHABLE_SQLSTATES = ("08", "57P", "53300", "55000")
+"""PostgreSQL's codes for a database that cannot be reached: connection exceptions (08), the server shutting down
+or starting (57P01-57P03), too many connections (53300), and a database that refuses connections (55000)."""
+
+
 def database_unavailable(exc: BaseException) -> bool:
-    """Connection-level database failures (down, refusing connections, pool exhausted), not bad statements."""
-    if isinstance(exc, PoolTimeoutError | OperationalError):
+    """Whether `exc` means the database cannot be reached (down, refusing connections, the pool exhausted), as
+    opposed to a statement it refused: only those are answered with 503 or waited out; the rest are bugs.
+
+    SQLite is a local file: its errors are never an outage.
+    """
+    if isinstance(exc, PoolTimeoutError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError) or type(exc.orig).__module__.startswith("sqlite3"):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:  # libpq failed before the server answered: refused, timed out, unresolvable
+        return isinstance(exc, OperationalError)
+    return str(sqlstate).startswith(UNREACHABLE_SQLSTATES)
 
 
 def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_unavailable(exc):
         return _unexpected_error(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, getattr(exc, "orig", exc))
     return _api_error(request, DatabaseUnavailableError("The hub's database is unavailable; retry shortly."))
 
 

@@ -17,6 +17,9 @@ SERVER_LOGGERS = ("", "uvicorn", "uvicorn.access", "uvicorn.error")
 
 
 class SecretFilter(logging.Filter):
+    """Masks the message template and each argument in place, keeping `args` a tuple: formatters that unpack it
+    (uvicorn's access log reads client, method, path, version and status from it) go on working."""
+
     def __init__(self, extra_secrets: list[str]) -> None:
         super().__init__()
         self._extra = [secret for secret in extra_secrets if secret]
@@ -27,15 +30,26 @@ class SecretFilter(logging.Filter):
             text = text.replace(secret, MASK)
         return text
 
+    def _masked(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        text = str(value)
+        masked = self.mask(text)
+        return value if masked == text else masked
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = self.mask(message)
+        if isinstance(record.msg, str):
+            record.msg = self.mask(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._masked(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self._masked(arg) for key, arg in record.args.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
-        if masked != message:
-            record.msg, record.args = masked, None
         return True
 
 

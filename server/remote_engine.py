@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ class RemoteEngine:
         options: SamplingOptions,
         request_id: str,
         lora: LoraTarget | None = None,
-    ) -> AsyncIterator[list[ChoiceDelta]]:
+    ) -> AsyncGenerator[list[ChoiceDelta], None]:
         """Yield each streamed chunk's new output; closing the iterator closes the HTTP stream, which aborts the
         request on the remote."""
         adapter = lora.name if lora is not None else None

@@ -3,7 +3,8 @@
 Resolutions are cached for `resolution_cache_s` (2 s by default): long enough that the request path almost
 never waits on the database, short enough that an alias moved or a version deprecated on another replica takes
 effect at once for practical purposes. Only successes are cached, so a name registered a moment ago (on any
-replica) resolves on its first request. While the database is unreachable, expired resolutions keep serving.
+replica) resolves on its first request. While the database is unreachable, expired resolutions keep serving
+(and the database is asked again only every UNREACHABLE_BACKOFF_S).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from server.errors import (
     database_unavailable,
 )
 
+UNREACHABLE_BACKOFF_S = 5.0
+"""After the database failed to answer, cached resolutions are served without asking it again for this long."""
 FINE_TUNED_PREFIX = "ft:"
 """Models named by fine-tuning jobs (`ft:BASE:SUFFIX:JOB`), each standing for one hub version."""
 
@@ -51,6 +54,7 @@ class HubResolver:
         self._cache_s = cache_s
         self._cache: dict[str, tuple[Resolution, float]] = {}
         self._shadows: dict[str, tuple[ServedModel | None, float]] = {}
+        self._unreachable_until = 0.0
 
     async def resolve(self, model: str, principal: Principal, user: str | None = None) -> ServedModel:
         """The model to serve, or 404 (unknown), 410 (deprecated) or 403 (another tenant's adapter)."""
@@ -80,7 +84,8 @@ class HubResolver:
 
     async def _resolve(self, model: str, ref: ModelRef, user: str | None) -> VersionView:
         cached = self._cache.get(model)
-        if cached is not None and cached[1] > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and (cached[1] > now or now < self._unreachable_until):
             resolution = cached[0]
         else:
             try:
@@ -90,10 +95,14 @@ class HubResolver:
             except GoneError as exc:
                 raise ModelGoneError(str(exc), param="model") from exc
             except Exception as exc:
-                if cached is None or not database_unavailable(exc):
+                if not database_unavailable(exc):
                     raise
                 # The database is down: keep serving what this replica already resolved (an alias moved meanwhile
-                # takes effect when it is back), rather than failing inference along with the ops API.
+                # takes effect when it is back), rather than failing inference along with the ops API, and stop
+                # asking it for a while, so a database that times out does not slow every request down.
+                self._unreachable_until = time.monotonic() + UNREACHABLE_BACKOFF_S
+                if cached is None:
+                    raise
                 return cached[0].pick(user)
             self._cache[model] = (resolution, time.monotonic() + self._cache_s)
         return resolution.pick(user)
@@ -105,8 +114,11 @@ class HubResolver:
     async def shadow_for(self, name: str) -> ServedModel | None:
         """The version `NAME:shadow` names, if any (asked on every live request, so absences are cached too)."""
         cached = self._shadows.get(name)
-        if cached is not None and cached[1] > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and (cached[1] > now or now < self._unreachable_until):
             return cached[0]
+        if now < self._unreachable_until:
+            return None
         try:
             resolution = await asyncio.to_thread(
                 self._registry.resolve, ModelRef(name, alias=SHADOW_ALIAS), self.base_spec.fingerprint_sha256
@@ -117,7 +129,8 @@ class HubResolver:
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
-            return cached[0] if cached is not None else None  # no shadow copies while the database is away
+            self._unreachable_until = time.monotonic() + UNREACHABLE_BACKOFF_S
+            return cached[0] if cached is not None else None  # no new shadow copies while the database is away
         self._shadows[name] = (shadow, time.monotonic() + self._cache_s)
         return shadow
 

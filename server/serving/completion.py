@@ -52,12 +52,14 @@ async def create_completion(
     if request.suffix:
         raise InvalidRequestError("'suffix' is not supported by this server.", param="suffix")
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    prompts = await _prompts(server, request)
+    server.state.key_limits.check_prompts(principal, len(prompts))
     jobs = []
     requested = request.max_tokens
     cap = server.prompts.max_output_tokens
     if "max_tokens" not in request.model_fields_set and cap is not None:
         requested = min(requested, cap)  # OpenAI's default of 16 is not the client's request: keep it in the cap
-    for position, prompt in enumerate(await _prompts(server, request)):
+    for position, prompt in enumerate(prompts):
         max_tokens = server.prompts.max_tokens_for(len(prompt), requested, "prompt", "max_tokens")
         options = sampling_options(request, server.state.settings, max_tokens=max_tokens, logprobs=request.logprobs)
         jobs.append(Job(f"{request_id}-{position}", prompt, options, position, owner=principal))
@@ -110,7 +112,15 @@ def _checked_ids(token_ids: list[int], param: str) -> list[int]:
 
 
 async def _collect(request_id: str, jobs: list[Job], served: ServedModel, streams: list[Steps]) -> CompletionResponse:
-    outcomes = await asyncio.gather(*(_collect_one(job, stream) for job, stream in zip(jobs, streams, strict=True)))
+    tasks = [asyncio.ensure_future(_collect_one(job, stream)) for job, stream in zip(jobs, streams, strict=True)]
+    try:
+        outcomes = await asyncio.gather(*tasks)
+    except BaseException:
+        # One prompt failed (a limit, the engine): the others must stop generating now, not run to max_tokens.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     choices = [choice for per_prompt in outcomes for choice in per_prompt[0]]
     generated = sum(per_prompt[1] for per_prompt in outcomes)
     prompt_tokens = sum(len(job.prompt_token_ids) for job in jobs)

@@ -80,14 +80,16 @@ async def _generate(server: ReadyServer, served: ServedModel, job: Job, route: s
     try:
         if lora is not None:
             await server.adapters.ensure_loaded(lora)
-        async for step in server.engine.generate(job.prompt_token_ids, job.options, job.request_id, lora):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-                metrics.time_to_first_token.labels(served.name, route).observe(first_token_at - started)
-                if timing is not None and timing.first_token is None:
-                    timing.first_token = first_token_at
-            generated += sum(delta.token_count for delta in step)
-            yield step
+        steps = server.engine.generate(job.prompt_token_ids, job.options, job.request_id, lora)
+        async with aclosing(steps):  # closed at once when this generator is: the engine aborts the request
+            async for step in steps:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    metrics.time_to_first_token.labels(served.name, route).observe(first_token_at - started)
+                    if timing is not None and timing.first_token is None:
+                        timing.first_token = first_token_at
+                generated += sum(delta.token_count for delta in step)
+                yield step
         outcome = "ok"
         metrics.latency.labels(served.name, route).observe(time.perf_counter() - started)
     except (GeneratorExit, asyncio.CancelledError):

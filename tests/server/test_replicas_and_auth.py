@@ -209,6 +209,11 @@ def test_a_keys_rate_and_concurrency_limits_are_429_with_retry_after(cluster) ->
     assert second.status_code == 429 and second.json()["error"]["code"] == "concurrency_limit_exceeded"
     assert second.headers["retry-after"] == "1"
     assert ask(keys["single"]).status_code == 200
+    two_prompts = {"model": "SmolLM2-135M-Instruct", "prompt": ["a", "b"], "max_tokens": 1}
+    batch = httpx.post(
+        f"{a.url}/v1/completions", json=two_prompts, headers={"Authorization": f"Bearer {keys['single']}"}
+    )
+    assert batch.status_code == 400 and batch.json()["error"]["param"] == "prompt"
 
 
 def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
@@ -223,7 +228,7 @@ def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
         stored = " ".join(str(row) for row in connection.exec_driver_sql("SELECT * FROM interactions"))
     database.dispose()
     assert stored, "the replicas logged no interactions to check"
-    assert "[REDACTED]" in logs
+    assert "api_key=ldk-[REDACTED]" in logs and "Logging error" not in logs  # the access line, whole
     for secret in keys.values():
         assert secret not in logs and secret[4:] not in logs
         assert secret not in stored
