@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class Workspace:
         return self.source.test[: self.options.max_prompts]
 
     def measure(self, runtime: Literal["vllm", "onnx"], model: Path, adapter: Path | None = None) -> Measurement:
+        stop_if_terminated()
         spec = MeasureSpec(
             runtime=runtime,
             model=str(model),
@@ -118,6 +120,7 @@ def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Pr
     """
     hub = Hub.open(settings)
     artifact, scratch = hub.store.staging(), hub.store.staging()
+    TERMINATED.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         source = open_source(hub, ref, base_model=options.base_model, data=options.data)
@@ -135,13 +138,26 @@ def workspace(settings: Settings, ref: str, options: ExportOptions, progress: Pr
         hub.close()
 
 
+TERMINATED = threading.Event()
+"""Set by SIGTERM. Python runs a signal handler between any two bytecodes, finalizers included, and an exception
+raised inside a `__del__` is printed and dropped: the export then checks this before each long step and before
+registering, so a termination is never lost."""
+
+
 def _interrupt(*_: Any) -> None:
+    TERMINATED.set()
     raise KeyboardInterrupt("terminated")
+
+
+def stop_if_terminated() -> None:
+    if TERMINATED.is_set():
+        raise KeyboardInterrupt("terminated")
 
 
 def register(
     work: Workspace, kind: str, label: str, report: dict[str, Any], parent_id: str | None = None
 ) -> ArtifactView:
+    stop_if_terminated()
     write_report(work.artifact, report)
     version = work.source.version
     return work.hub.registry.artifacts.add(
