@@ -18,7 +18,7 @@ import fcntl
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +188,7 @@ def _dataset_files(
 def _run_leftovers(root: Path, grace_s: float, now: float) -> list[Finding]:
     """In each run folder: an adapter that was being saved or replaced, files `write_atomic` did not finish, and
     checkpoints without a readable trainer_state.json (the Trainer writes that file last)."""
-    findings = []
+    findings: list[Finding] = []
     for run in sorted(root.iterdir()) if root.is_dir() else []:
         if not run.is_dir():
             continue
@@ -200,18 +200,19 @@ def _run_leftovers(root: Path, grace_s: float, now: float) -> list[Finding]:
                 for entry in checkpoints.glob("checkpoint-*")
                 if entry.is_dir() and not _complete_checkpoint(entry)
             ]
-        for entry in sorted(candidates):
-            with contextlib.suppress(FileNotFoundError):
-                age = now - last_activity(entry)
-                if age >= grace_s:
-                    findings.append(Finding(PARTIAL_OUTPUT, entry, "", _size(entry), age))
+        findings += _idle_outputs(candidates, grace_s, now)
     return findings
 
 
 def _cache_leftovers(root: Path, grace_s: float, now: float) -> list[Finding]:
     """Measurements of export teachers that `write_atomic` did not finish."""
+    return _idle_outputs(root.glob(".*.partial") if root.is_dir() else [], grace_s, now)
+
+
+def _idle_outputs(entries: Iterable[Path], grace_s: float, now: float) -> list[Finding]:
+    """Half-written outputs nothing has touched for `grace_s` (one still being written is left alone)."""
     findings = []
-    for entry in sorted(root.glob(".*.partial")) if root.is_dir() else []:
+    for entry in sorted(entries):
         with contextlib.suppress(FileNotFoundError):
             age = now - last_activity(entry)
             if age >= grace_s:
