@@ -5,12 +5,15 @@ runs; everywhere else (the CPU among them) it projects every position of the bat
 prompt tokens included, and then masks them away. Our chat examples are mostly prompt (system turn and ticket),
 so on the CPU that wasted projection was the largest single cost of a step: training measured 153 tokens/s with it,
 below a plain float32 `Trainer`. Asking the model for logits only at the sequence positions that carry a label in
-some row of the batch (transformers' `logits_to_keep`) gives the same loss for a fraction of the work.
+some row of the batch (transformers' `logits_to_keep`) gives the same loss for a fraction of the work. The system
+prompt the rows share runs once per batch (`training/shared_prefix.py`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from training.shared_prefix import forward_sharing_prefix, shared_prefix_length
 
 IGNORE = -100
 
@@ -25,7 +28,13 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> 
     positions = (targets != IGNORE).any(dim=0).nonzero().flatten()
     # Every input but the labels goes through: packed batches carry position_ids that keep their examples apart.
     model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-    outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
+    first_scored = int(positions[0]) if len(positions) else targets.shape[1]
+    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    prefix = 0 if checkpointing else shared_prefix_length(model_inputs, first_scored)
+    if prefix:
+        outputs = forward_sharing_prefix(model, model_inputs, prefix, positions)
+    else:
+        outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
     logits = outputs.logits.float()
     kept = targets[:, positions]
     valid = kept != IGNORE

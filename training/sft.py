@@ -41,7 +41,12 @@ def sft_trainer(
             return loss
 
     validating = bool(validation)
-    args = SFTConfig(**common_arguments(config, run_dir, len(train), validating), packing=config.packing)
+    args = SFTConfig(
+        **common_arguments(config, run_dir, len(train), validating),
+        packing=config.packing,
+        # Batches of examples of similar length: less padding to compute, and (with packing) nothing to group.
+        train_sampling_strategy="random" if config.packing else "group_by_length",
+    )
     model, lora = model_and_lora(config, base_folder, start_from)
     return quiet(
         Trainer(

@@ -78,3 +78,60 @@ def test_packed_batches_keep_their_position_ids(model: LlamaForCausalLM) -> None
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     unpacked, _ = answer_loss(model, {key: packed[key] for key in ("input_ids", "labels")}, None)
     assert float(unpacked) != pytest.approx(float(expected), rel=1e-5)
+
+
+def shared_prompt_batch(rows: int = 4, prompt: int = 10) -> dict[str, torch.Tensor]:
+    """Chats that open with one system prompt, then differ: right-padded, labels on each one's answer."""
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(1, 97, (rows, 20), generator=generator)
+    input_ids[:, :prompt] = input_ids[0, :prompt]
+    attention_mask = torch.ones_like(input_ids)
+    labels = torch.full_like(input_ids, IGNORE)
+    for row in range(rows):
+        end = 20 - row
+        attention_mask[row, end:] = 0
+        labels[row, end - 4 : end] = input_ids[row, end - 4 : end]
+    positions = torch.arange(20).expand(rows, 20) * attention_mask
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions, "labels": labels}
+
+
+def loss_and_grads(model: LlamaForCausalLM, inputs: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss, _ = answer_loss(model, inputs, None)
+    loss.backward()
+    return float(loss), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_a_shared_system_prompt_runs_once_with_the_same_loss_and_gradient(
+    model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import answer_loss as module
+
+    inputs = shared_prompt_batch()
+    assert module.shared_prefix_length({k: v for k, v in inputs.items() if k != "labels"}, 12) == 10
+    widths: list[int] = []
+    model.model.layers[0].register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[:2]))
+    shared_loss, shared_grads = loss_and_grads(model, inputs)
+    assert widths == [(1, 10), (4, 10)]  # the prompt once, then each row's own 10 positions
+
+    monkeypatch.setattr(module, "shared_prefix_length", lambda *_: 0)
+    plain_loss, plain_grads = loss_and_grads(model, inputs)
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    expected = model(**inputs).loss
+    assert shared_loss == pytest.approx(float(expected), rel=1e-5)
+    for found, wanted in zip(shared_grads, plain_grads, strict=True):
+        torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-6)
+
+
+def test_prefixes_that_cannot_be_shared_are_not() -> None:
+    from training.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length
+
+    inputs = {k: v for k, v in shared_prompt_batch().items() if k != "labels"}
+    assert shared_prefix_length(inputs, first_scored=MIN_SHARED_TOKENS - 1) == 0  # a scored position inside it
+    assert shared_prefix_length({"input_ids": inputs["input_ids"][:1]}, 12) == 0  # one row: nothing to share
+    assert shared_prefix_length({**inputs, "token_type_ids": inputs["input_ids"]}, 12) == 0  # inputs it cannot split
+    restarted = inputs["position_ids"].clone()
+    restarted[:, 9:] -= 9  # packed rows: a second example starts inside the prompt
+    assert shared_prefix_length({**inputs, "position_ids": restarted}, 12) == 9
+    short = inputs["input_ids"][:, :10]
+    assert shared_prefix_length({"input_ids": short}, 12) == 9  # every row keeps a token of its own
