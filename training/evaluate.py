@@ -15,12 +15,10 @@ from typing import Any
 
 from adapters.chat_template import render_chat
 from adapters.datafiles.shapes import Example
-from adapters.settings import SUPPORTED_LORA_RANKS
 from training.data.tokenize import IGNORE, Encoded, encode
 from training.metrics import task_metrics
 
 PROBE = Path(__file__).parent / "assets" / "general_probe.txt"
-KV_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -171,24 +169,18 @@ def generate_with_adapters(
     lora_rank: int,
 ) -> dict[str, list[str]]:
     """Greedy answers of each named model (an adapter folder, or None for the base) from one vLLM engine."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
+
+    from training.offline_vllm import offline_llm
 
     prompts = [
         list(tokenizer.encode(render_chat(tokenizer, example.chat(with_answer=False)), add_special_tokens=False))
         for example in chats
     ]
     longest = max(len(prompt) for prompt in prompts) + max_new_tokens
-    engine = LLM(
-        model=base_path,
-        enable_lora=True,
-        max_loras=1,
-        max_lora_rank=min(rank for rank in SUPPORTED_LORA_RANKS if rank >= lora_rank),
-        max_model_len=max(longest, 256),
-        kv_cache_memory_bytes=KV_CACHE_BYTES,
-        seed=0,
-    )
+    engine = offline_llm(base_path, max_model_len=longest, lora_rank=lora_rank)
     try:
         params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
         inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts]

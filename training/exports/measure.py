@@ -15,13 +15,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
-
-from adapters.settings import SUPPORTED_LORA_RANKS
-
-KV_CACHE_BYTES = 1 << 30
 
 
 class MeasurementError(RuntimeError):
@@ -87,25 +83,15 @@ Timed = tuple[list[list[int]], float]
 
 
 def _vllm(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
-    from vllm.platforms import current_platform
+
+    from training.offline_vllm import offline_llm
 
     longest = max(map(len, spec.prompts)) + spec.max_new_tokens
-    options: dict[str, Any] = {}
-    if spec.adapter is not None:
-        rank = min(rank for rank in SUPPORTED_LORA_RANKS if rank >= spec.lora_rank)
-        options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
-    # float32 on the CPU, as the server runs there (server/engine.py): bfloat16 kernels on recent Xeons round
-    # differently with the batch, which would blur the teacher/export comparison.
-    engine = LLM(
-        model=spec.model,
-        dtype="float32" if current_platform.is_cpu() else "auto",
-        max_model_len=max(longest, 256),
-        kv_cache_memory_bytes=KV_CACHE_BYTES,
-        seed=0,
-        **options,
+    engine = offline_llm(
+        spec.model, max_model_len=longest, lora_rank=spec.lora_rank if spec.adapter is not None else None
     )
     params = SamplingParams(temperature=0, max_tokens=spec.max_new_tokens)
     lora = LoRARequest("teacher", 1, spec.adapter) if spec.adapter is not None else None

@@ -1,0 +1,36 @@
+"""The vLLM engines the training side runs in-process (evaluation answers, export measurements), set up the way the
+server sets up its own.
+
+float32 on vLLM's CPU build, as `server/engine.py` runs it: bfloat16 kernels round differently with the batch on
+recent Xeons, which blurs comparisons of greedy answers, and on CPUs without native bfloat16 (AVX2 only, such as
+AMD Milan) vLLM emulates it: the demo task's evaluation took over 10 minutes there in bfloat16, against about one
+in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.settings import SUPPORTED_LORA_RANKS
+
+KV_CACHE_BYTES = 1 << 30
+MIN_MODEL_LEN = 256
+
+
+def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None) -> Any:
+    """A `vllm.LLM` over `model`, with room for one LoRA adapter of `lora_rank` when one is given."""
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    options: dict[str, Any] = {}
+    if lora_rank is not None:
+        rank = min(supported for supported in SUPPORTED_LORA_RANKS if supported >= lora_rank)
+        options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
+    return LLM(
+        model=model,
+        dtype="float32" if current_platform.is_cpu() else "auto",
+        max_model_len=max(max_model_len, MIN_MODEL_LEN),
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
+        seed=0,
+        **options,
+    )
