@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from adapters.fingerprint import BaseModelSpec
-from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter, make_tiny_model
+from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter, make_tiny_model, run_loradock
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 
@@ -48,9 +48,8 @@ def demo_training(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     home = tmp_path_factory.mktemp("demo-home")
     (home / "models").symlink_to(demo_model.parent, target_is_directory=True)
     run = home / "run"
-    done = subprocess.run(
+    done = run_loradock(
         [
-            str(LORADOCK),
             "train",
             "--config",
             str(REPO / "training/configs/demo_support_tickets.yaml"),
@@ -60,9 +59,7 @@ def demo_training(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
             "support-tickets",
         ],
         env={**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return home, run

@@ -20,6 +20,29 @@ REPO = Path(__file__).resolve().parent.parent
 LORADOCK = Path(sys.executable).parent / "loradock"
 
 
+def run_loradock(args: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`loradock ARGS` with its output captured, in a process group of its own that is killed whole on timeout.
+
+    subprocess.run kills only the command itself: the vLLM engine processes of a timed-out `loradock train` were left
+    running (one busy-polled a core for the rest of a suite run and slowed every later test).
+    """
+    with subprocess.Popen(
+        [str(LORADOCK), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pytest
 
 from adapters.hub import Hub
 from adapters.settings import Settings
-from tests.helpers import LORADOCK, ServerProcess, make_lora_adapter
+from tests.helpers import LORADOCK, ServerProcess, make_lora_adapter, run_loradock
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def loradock(
     home: Path, *args: str, check: bool = True, timeout: float = 900, **env_extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200", **env_extra}
-    done = subprocess.run([str(LORADOCK), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    done = run_loradock(args, env, timeout)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

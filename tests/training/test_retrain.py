@@ -17,7 +17,7 @@ from adapters.naming import CANDIDATE_ALIAS, DEFAULT_ALIAS
 from adapters.promotion import COMPARISON
 from adapters.settings import Settings
 from tests.conftest import SERVER_ENV
-from tests.helpers import LORADOCK, ServerProcess
+from tests.helpers import ServerProcess, run_loradock
 from training.demo_loop import send_and_rate, traffic
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def _copy_hub(source: Path, target: Path) -> Path:
 
 def _loradock(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([str(LORADOCK), *args], env=env, capture_output=True, text=True, timeout=1200)
+    return run_loradock(args, env, timeout=1200)
 
 
 def _aliases(home: Path) -> dict[str, list[int]]:

@@ -19,7 +19,7 @@ from adapters.hub import Hub
 from adapters.settings import Settings
 from server.prompts import PromptBuilder, chat_messages
 from server.protocol import ChatMessage
-from tests.helpers import LORADOCK, ServerProcess
+from tests.helpers import LORADOCK, ServerProcess, run_loradock
 from training.data.tokenize import IGNORE, encode
 from training.demo_task import write_dataset
 
@@ -30,7 +30,7 @@ QUICK = ["--set", "lora.r=8", "--set", "data.max_seq_len=256", "--set", "batch_s
 
 def train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"}
-    done = subprocess.run([str(LORADOCK), "train", *args], env=env, capture_output=True, text=True, timeout=600)
+    done = run_loradock(["train", *args], env, timeout=600)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
