@@ -35,7 +35,7 @@ from loadtests.report import Summary, summarize, write_reports
 from loadtests.scenarios import Churn, Picker, constant, register_all, uniform, workload, write_adapters, zipf
 from loadtests.servers import BASE_NAME, EngineConfig, start_loradock, start_vllm
 from loadtests.training_speed import TrainingRun, compare
-from loadtests.vllm_bench import bench_serve
+from loadtests.vllm_bench import BenchRun, bench_serve
 from tests.helpers import ServerProcess, metric
 
 console = Console()
@@ -60,15 +60,15 @@ class Profile:
 
 SHORT = Profile(
     rounds=1,
-    requests_at_1=5,
-    requests_at_16=32,
+    requests_at_1=3,
+    requests_at_16=16,
     max_tokens=32,
     many_adapters=1000,
-    many_requests=64,
-    vllm_bench_prompts=24,
-    churn_s=15,
-    soak_s=30,
-    training_steps=10,
+    many_requests=32,
+    vllm_bench_prompts=16,
+    churn_s=10,
+    soak_s=20,
+    training_steps=5,
 )
 FULL = Profile(
     rounds=2,
@@ -120,20 +120,28 @@ def overhead(servers: dict[str, ServerProcess], adapters: list[str], profile: Pr
 def vllm_client(
     servers: dict[str, ServerProcess], model: Path, adapters: list[str], profile: Profile, out: Path
 ) -> list[dict[str, Any]]:
-    results = []
-    for label, lora in (("base", None), ("8 adapters", adapters)):
-        for server_name, server in servers.items():
-            result = bench_serve(
+    plan = [
+        (
+            label,
+            server_name,
+            BenchRun(
                 server.url,
                 BASE_NAME,
                 model,
                 out / f"vllm-bench-{server_name}-{label.replace(' ', '-')}.json",
                 prompts=profile.vllm_bench_prompts,
                 concurrency=16,
-                lora_modules=lora,
-            )
-            results.append({"scenario": label, "server": server_name, **_vllm_figures(result)})
-    return results
+                lora_modules=tuple(lora),
+            ),
+        )
+        for label, lora in (("base", []), ("8 adapters", adapters))
+        for server_name, server in servers.items()
+    ]
+    results = bench_serve([run for _, _, run in plan])
+    return [
+        {"scenario": label, "server": server_name, **_vllm_figures(result)}
+        for (label, server_name, _), result in zip(plan, results, strict=True)
+    ]
 
 
 def _vllm_figures(result: dict[str, Any]) -> dict[str, Any]:

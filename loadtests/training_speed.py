@@ -5,9 +5,11 @@
 Both train the demo task (support tickets to JSON) on the demo model with the same data, LoRA (r=16 on every
 linear layer), batch size, learning rate, schedule and number of steps, on this machine. loradock's run is
 `training.sft.sft_trainer` exactly as `loradock train` builds it (TRL's SFTTrainer, bfloat16 autocast where the
-hardware computes it natively, length-grouped batches); the baseline is what a hand-rolled script would write.
-Throughput counts the tokens of the examples each run trained on (padding excluded); both then score the same
-validation split in float32, so their losses compare directly.
+hardware computes it natively, length-grouped batches, the LM head on answer positions only, the shared system
+prompt run once per batch); the baseline is what a hand-rolled script would write.
+Throughput counts the tokens of the examples each run trained on (padding excluded) over the steps after the first,
+which also builds kernels and optimizer state; both then score the same validation split in float32, so their
+losses compare directly.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class TrainingRun:
     name: str
     steps: int
     seconds: float
+    """Wall time of the steps after the first (which also builds kernels and optimizer state)."""
     tokens: int
-    """Tokens of the examples trained on (no padding)."""
+    """Tokens of the examples trained on in those steps (no padding)."""
     validation_loss: float
 
     @property
@@ -50,13 +53,30 @@ def _rows(tokenizer: Any, examples: list[Example]) -> list[dict[str, list[int]]]
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in (encode(tokenizer, x) for x in examples)]
 
 
-def _trained_tokens(trainer: Any, rows: list[dict[str, list[int]]]) -> int:
-    """Tokens in the examples the trainer's sampler fed it, in order, for the steps it ran."""
-    seen = trainer.state.global_step * trainer.args.per_device_train_batch_size
-    order = list(trainer._get_train_sampler(trainer.train_dataset))
-    while len(order) < seen:  # more than one epoch
-        order += order
-    return sum(len(rows[index]["input_ids"]) for index in order[:seen])
+class _CountingCollator:
+    """The trainer's collator, noting how many tokens the examples of each batch hold (padding excluded)."""
+
+    def __init__(self, collate: Any) -> None:
+        self._collate = collate
+        self.batch_tokens: list[int] = []
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        self.batch_tokens.append(sum(len(feature["input_ids"]) for feature in features))
+        return self._collate(features)
+
+
+def _step_clock() -> Any:
+    """A callback that notes when each optimizer step ends."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ends.append(time.perf_counter())
+
+    return StepClock()
 
 
 def validation_loss(model: Any, rows: list[dict[str, list[int]]]) -> float:
@@ -75,15 +95,18 @@ def validation_loss(model: Any, rows: list[dict[str, list[int]]]) -> float:
     return total / count
 
 
-def _timed(
-    name: str, trainer: Any, rows: list[dict[str, list[int]]], validation: list[dict[str, list[int]]]
-) -> TrainingRun:
-    started = time.perf_counter()
+def _timed(name: str, trainer: Any, validation: list[dict[str, list[int]]]) -> TrainingRun:
+    if trainer.args.gradient_accumulation_steps != 1:
+        raise ValueError("the training benchmark counts one batch per step")
+    clock, counter = _step_clock(), _CountingCollator(trainer.data_collator)
+    trainer.add_callback(clock)
+    trainer.data_collator = counter
     trainer.train()
-    seconds = time.perf_counter() - started
-    tokens = _trained_tokens(trainer, rows)
+    if len(clock.ends) < 2:
+        raise ValueError("the training benchmark needs at least 2 steps: the first one is not timed")
+    tokens = sum(counter.batch_tokens[1 : len(clock.ends)])
     loss = validation_loss(trainer.model, validation)
-    return TrainingRun(name, trainer.state.global_step, seconds, tokens, loss)
+    return TrainingRun(name, trainer.state.global_step, clock.ends[-1] - clock.ends[0], tokens, loss)
 
 
 def loradock_trainer(config: TrainConfig, base: Path, tokenizer: Any, train: list[Example], out: Path) -> Any:
@@ -132,19 +155,21 @@ def plain_trainer(config: TrainConfig, base: Path, tokenizer: Any, train: list[E
     )
 
 
-def compare(steps: int, out: Path) -> list[TrainingRun]:
+def compare(
+    steps: int, out: Path, base_model: str | None = None, validation_examples: int = VALIDATION_EXAMPLES
+) -> list[TrainingRun]:
+    """Both runs on the demo task, over `base_model` (a name or folder; the demo config's model by default)."""
     from transformers import AutoTokenizer
 
     config = load_config(DEMO_CONFIG, {"max_steps": steps, "evaluate": False})
-    settings = Settings()
-    base = Path(resolve_base_model(config.base_model, settings.models_dir))
+    base = Path(resolve_base_model(base_model or config.base_model, Settings().models_dir))
     tokenizer = AutoTokenizer.from_pretrained(base)
     prepared = prepare_data(config.data, tokenizer, out / "data")
-    train, rows = prepared.splits["train"], _rows(tokenizer, prepared.splits["train"])
-    validation = _rows(tokenizer, prepared.splits["validation"][:VALIDATION_EXAMPLES])
+    train = prepared.splits["train"]
+    validation = _rows(tokenizer, prepared.splits["validation"][:validation_examples])
     return [
-        _timed("loradock", loradock_trainer(config, base, tokenizer, train, out / "loradock"), rows, validation),
-        _timed("plain Trainer fp32", plain_trainer(config, base, tokenizer, train, out / "plain"), rows, validation),
+        _timed("loradock", loradock_trainer(config, base, tokenizer, train, out / "loradock"), validation),
+        _timed("plain Trainer fp32", plain_trainer(config, base, tokenizer, train, out / "plain"), validation),
     ]
 
 

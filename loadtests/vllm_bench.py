@@ -9,73 +9,84 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 RUNNER = (
-    "import argparse, sys\n"
+    "import argparse, json, sys\n"
     "from vllm.benchmarks.serve import add_cli_args, main\n"
-    "parser = argparse.ArgumentParser()\n"
-    "add_cli_args(parser)\n"
-    "main(parser.parse_args(sys.argv[1:]))\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "    parser = argparse.ArgumentParser()\n"
+    "    add_cli_args(parser)\n"
+    "    main(parser.parse_args(argv))\n"
 )
 
 
-def bench_serve(
-    url: str,
-    model: str,
-    tokenizer: Path,
-    out: Path,
-    *,
-    prompts: int,
-    concurrency: int,
-    input_len: int = 64,
-    output_len: int = 32,
-    lora_modules: list[str] | None = None,
-) -> dict[str, Any]:
-    """Random prompts of `input_len` tokens, `output_len` tokens each (EOS ignored); returns vLLM's result JSON."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    args = [
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--endpoint",
-        "/v1/completions",
-        "--model",
-        model,
-        "--tokenizer",
-        str(tokenizer),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(input_len),
-        "--random-output-len",
-        str(output_len),
-        "--ignore-eos",
-        "--temperature",
-        "0",
-        "--num-prompts",
-        str(prompts),
-        "--max-concurrency",
-        str(concurrency),
-        "--seed",
-        "0",
-        "--percentile-metrics",
-        "ttft,tpot,itl,e2el",
-        "--metric-percentiles",
-        "50,90,99",
-        "--disable-tqdm",
-        "--save-result",
-        "--result-dir",
-        str(out.parent),
-        "--result-filename",
-        out.name,
-    ]
-    if lora_modules:
-        args += ["--lora-modules", *lora_modules]
-    completed = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, timeout=1800)
+@dataclass(frozen=True)
+class BenchRun:
+    """One `vllm bench serve` run: random prompts of `input_len` tokens, `output_len` tokens each (EOS ignored)."""
+
+    url: str
+    model: str
+    tokenizer: Path
+    out: Path
+    prompts: int
+    concurrency: int
+    input_len: int = 64
+    output_len: int = 32
+    lora_modules: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        args = [
+            "--backend",
+            "openai",
+            "--base-url",
+            self.url,
+            "--endpoint",
+            "/v1/completions",
+            "--model",
+            self.model,
+            "--tokenizer",
+            str(self.tokenizer),
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(self.input_len),
+            "--random-output-len",
+            str(self.output_len),
+            "--ignore-eos",
+            "--temperature",
+            "0",
+            "--num-prompts",
+            str(self.prompts),
+            "--max-concurrency",
+            str(self.concurrency),
+            "--seed",
+            "0",
+            "--percentile-metrics",
+            "ttft,tpot,itl,e2el",
+            "--metric-percentiles",
+            "50,90,99",
+            "--disable-tqdm",
+            "--save-result",
+            "--result-dir",
+            str(self.out.parent),
+            "--result-filename",
+            self.out.name,
+        ]
+        if self.lora_modules:
+            args += ["--lora-modules", *self.lora_modules]
+        return args
+
+
+def bench_serve(runs: list[BenchRun]) -> list[dict[str, Any]]:
+    """Run each benchmark in turn, in one child process (importing vLLM takes most of a short run); returns vLLM's
+    result JSON of each."""
+    for run in runs:
+        run.out.parent.mkdir(parents=True, exist_ok=True)
+    argvs = json.dumps([run.argv() for run in runs])
+    completed = subprocess.run([sys.executable, "-c", RUNNER, argvs], capture_output=True, text=True, timeout=3600)
     if completed.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+    return [json.loads(run.out.read_text()) for run in runs]

@@ -16,7 +16,8 @@ from loadtests.generator import run_load
 from loadtests.reliability_soak import soak
 from loadtests.report import summarize, write_reports
 from loadtests.scenarios import uniform, workload
-from loadtests.vllm_bench import bench_serve
+from loadtests.training_speed import compare
+from loadtests.vllm_bench import BenchRun, bench_serve
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -42,17 +43,14 @@ def test_load_generator_reports_a_mixed_run_on_the_real_server(demo_server: Serv
 def test_vllm_bench_serve_runs_against_loradock_with_adapters(
     demo_server: ServerProcess, demo_model: Path, tmp_path: Path
 ) -> None:
-    result = bench_serve(
-        demo_server.url,
-        BASE,
-        demo_model,
-        tmp_path / "vllm-bench.json",
-        prompts=6,
-        concurrency=3,
-        input_len=16,
-        output_len=8,
-        lora_modules=["alpha", "beta"],
+    base, adapters = bench_serve(
+        [
+            BenchRun(demo_server.url, BASE, demo_model, tmp_path / name, 6, 3, 16, 8, lora)
+            for name, lora in (("base.json", ()), ("adapters.json", ("alpha", "beta")))
+        ]
     )
+    assert base["completed"] == 6 and base["failed"] == 0
+    result = adapters
     assert result["completed"] == 6 and result["failed"] == 0
     assert result["total_output_tokens"] == 6 * 8
     assert result["output_throughput"] > 0 and result["p50_ttft_ms"] > 0
@@ -67,3 +65,14 @@ def test_reliability_soak_counts_every_interaction_and_feedback_it_sent(demo_mod
     assert figures["feedback_stored"] == figures["feedback_expected"]
     assert json.loads((tmp_path / "soak" / "soak.json").read_text())["figures"]["minutes"] > 0
     assert (tmp_path / "soak" / "soak.png").stat().st_size > 1000
+
+
+def test_training_benchmark_times_both_trainers_on_the_same_examples(tiny_model: Path, tmp_path: Path) -> None:
+    """Three steps of each trainer on the tiny model: the first is left out of the timing, the other two counted."""
+    ours, plain = compare(3, tmp_path, base_model=str(tiny_model), validation_examples=4)
+    for run in (ours, plain):
+        assert run.steps == 3 and run.seconds > 0
+        # 2 timed steps of 8 demo-task examples of 83 to 123 tokens each
+        assert 2 * 8 * 83 <= run.tokens <= 2 * 8 * 123
+        assert run.validation_loss > 0
+    assert (ours.name, plain.name) == ("loradock", "plain Trainer fp32")
