@@ -5,6 +5,10 @@ float32 on vLLM's CPU build, as `server/engine.py` runs it: bfloat16 kernels rou
 recent Xeons, which blurs comparisons of greedy answers, and on CPUs without native bfloat16 (AVX2 only, such as
 AMD Milan) vLLM emulates it: the demo task's evaluation took over 10 minutes there in bfloat16, against about one
 in float32.
+
+Eager, never compiled: vLLM's CPU backend runs every LoRA-enabled engine (the server's, and a teacher measured with
+its adapter) eagerly, but compiles a model without LoRA with inductor first. A merged export's measurement spent
+117 of its seconds compiling the merged model, and its speed was then compared with an eager teacher's.
 """
 
 from __future__ import annotations
@@ -32,5 +36,6 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
         max_model_len=max(max_model_len, MIN_MODEL_LEN),
         kv_cache_memory_bytes=KV_CACHE_BYTES,
         seed=0,
+        enforce_eager=True,
         **options,
     )
