@@ -87,6 +87,15 @@ def count_rows(database_url: str, table: str) -> int:
         engine.dispose()
 
 
+def wait_for_rows(database_url: str, table: str, expected: int, timeout_s: float = 120) -> int:
+    """The table's row count once it reaches `expected`, or at `timeout_s`: the interaction log's writer drains its
+    queue in the background, and on a slow machine it is still writing when the load stops."""
+    deadline = time.monotonic() + timeout_s
+    while (count := count_rows(database_url, table)) < expected and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return count
+
+
 def soak(minutes: float, out: Path, model: Path | None = None, fill_adapter_cache: bool = True) -> dict[str, Any]:
     """Run the soak over `model` (default: the configured base model) and report its figures.
 
@@ -128,9 +137,9 @@ def soak(minutes: float, out: Path, model: Path | None = None, fill_adapter_cach
                     hooks=(sampler, churn, feedback),
                 )
             )
-            time.sleep(10)  # the interaction log's writer drains its queue
-            interactions = count_rows(url, "interactions")
-            feedback_rows = count_rows(url, "feedback")
+            succeeded = sum(result.error is None for result in run.results)
+            interactions = wait_for_rows(url, "interactions", succeeded + feedback.completions + len(models))
+            feedback_rows = wait_for_rows(url, "feedback", feedback.feedback)
         finally:
             server.terminate()
     summary = summarize(run, f"soak {minutes:g} min", "loradock")

@@ -55,7 +55,9 @@ def drift(server: ServerProcess, adapter: str) -> dict[str, Any]:
 
 
 def wait_for(server: ServerProcess, adapter: str, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
+    """Poll the drift API until `ready`. The drift thread runs at nice 19 and gets the CPU after the engine, so
+    on a slow 2-core machine it can lag by minutes; the bound is generous because a passing wait costs nothing."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         view = drift(server, adapter)
         if ready(view):
