@@ -47,7 +47,7 @@ test: install browser
 test-quick: install
 	$(BIN)/pytest
 
-# Load tests and benchmarks, short profile (about 10 minutes on 2 cores): loradock against vLLM's own server,
+# Load tests and benchmarks, short profile (about 8 minutes on 2 cores): loradock against vLLM's own server,
 # 1,000 adapters, ops under load, a soak and training speed; prints the goals table (docs/benchmarks.md).
 bench: install
 	$(BIN)/loradock models fetch-demo

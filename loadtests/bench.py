@@ -3,7 +3,7 @@ training speed; then the table of goals.
 
     loradock models fetch-demo && python -m loadtests.bench [--full] [--out bench-results]
 
-`make bench` runs the short profile (about 10 minutes on 2 CPU cores); `--full` is what docs/benchmarks.md reports.
+`make bench` runs the short profile (about 8 minutes on 2 CPU cores); `--full` is what docs/benchmarks.md reports.
 
 Both servers run at once over the same model, engine settings and 8 adapters; the load generator alternates
 between them run by run (one server idle while the other is measured), so slow drifts of the machine hit both.
