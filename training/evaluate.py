@@ -180,8 +180,7 @@ def generate_with_adapters(
         for example in chats
     ]
     longest = max(len(prompt) for prompt in prompts) + max_new_tokens
-    engine = offline_llm(base_path, max_model_len=longest, lora_rank=lora_rank)
-    try:
+    with offline_llm(base_path, max_model_len=longest, lora_rank=lora_rank) as engine:
         params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
         inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts]
         answers = {}
@@ -189,8 +188,4 @@ def generate_with_adapters(
             adapter = LoRARequest(name, lora_id, str(folder)) if folder is not None else None
             outputs = engine.generate(inputs, params, lora_request=adapter, use_tqdm=False)
             answers[name] = [output.outputs[0].text for output in outputs]
-        return answers
-    finally:
-        engine.llm_engine.engine_core.shutdown()  # stop the engine-core process now, not at garbage collection
-        del engine
-        gc.collect()
+    return answers

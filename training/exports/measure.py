@@ -1,9 +1,9 @@
 """Measure one runtime on the test prompts: greedy answers, tokens/s single-stream and batched, peak memory.
 
 Each measurement runs in a child process of its own (`python -m training.exports.measure SPEC OUT`), so that its
-peak resident memory is that runtime's alone, and so that the vLLM engine (run in-process there, without its
-engine-core process) is gone with the child. Answers come from the single-stream pass, one greedy request at a
-time, the way quality is judged; the batched pass sends every prompt at once and only counts tokens.
+peak resident memory is that runtime's alone (the vLLM engine runs inside that child). Answers come from the
+single-stream pass, one greedy request at a time, the way quality is judged; the batched pass sends every prompt at
+once and only counts tokens.
 """
 
 from __future__ import annotations
@@ -48,10 +48,8 @@ def measure(spec: MeasureSpec, workdir: Path) -> Measurement:
     """Run the measurement in a child process and return what it measured."""
     spec_file, out_file = workdir / "measure-spec.json", workdir / "measurement.json"
     spec_file.write_text(spec.model_dump_json())
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     done = subprocess.run(
         [sys.executable, "-m", "training.exports.measure", str(spec_file), str(out_file), str(os.getpid())],
-        env=env,
         capture_output=True,
         text=True,
     )
@@ -90,22 +88,21 @@ def _vllm(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
     from training.offline_vllm import offline_llm
 
     longest = max(map(len, spec.prompts)) + spec.max_new_tokens
-    engine = offline_llm(
-        spec.model, max_model_len=longest, lora_rank=spec.lora_rank if spec.adapter is not None else None
-    )
     params = SamplingParams(temperature=0, max_tokens=spec.max_new_tokens)
     lora = LoRARequest("teacher", 1, spec.adapter) if spec.adapter is not None else None
     inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in spec.prompts]
-    engine.generate(inputs[:1], params, lora_request=lora, use_tqdm=False)  # warm-up: kernels, LoRA load
-    tokens: list[list[int]] = []
-    started = time.perf_counter()
-    for prompt in inputs:
-        output = engine.generate([prompt], params, lora_request=lora, use_tqdm=False)[0]
-        tokens.append(list(output.outputs[0].token_ids))
-    single_s = time.perf_counter() - started
-    started = time.perf_counter()
-    outputs = engine.generate(inputs, params, lora_request=lora, use_tqdm=False)
-    batched_s = time.perf_counter() - started
+    rank = spec.lora_rank if spec.adapter is not None else None
+    with offline_llm(spec.model, max_model_len=longest, lora_rank=rank) as engine:
+        engine.generate(inputs[:1], params, lora_request=lora, use_tqdm=False)  # warm-up: kernels, LoRA load
+        tokens: list[list[int]] = []
+        started = time.perf_counter()
+        for prompt in inputs:
+            output = engine.generate([prompt], params, lora_request=lora, use_tqdm=False)[0]
+            tokens.append(list(output.outputs[0].token_ids))
+        single_s = time.perf_counter() - started
+        started = time.perf_counter()
+        outputs = engine.generate(inputs, params, lora_request=lora, use_tqdm=False)
+        batched_s = time.perf_counter() - started
     return (tokens, single_s), (sum(len(output.outputs[0].token_ids) for output in outputs), batched_s)
 
 
