@@ -1,0 +1,63 @@
+"""Distillation runs the prefix its rows share once: the same answer logits and student gradients as running every
+row whole, with fewer positions through the model."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from training.data.tokenize import IGNORE, Encoded
+from training.exports.distill import _answer_logits, _batch
+from training.shared_prefix import shared_prefix_length
+
+SYSTEM = list(range(10, 30))
+"""20 prompt tokens every row opens with, as a task's system prompt."""
+
+
+def model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def rows() -> list[Encoded]:
+    """Three chats on the shared system prompt, with questions and answers of different lengths (right-padded)."""
+    generator = torch.Generator().manual_seed(1)
+    items = []
+    for question, answer in ((4, 5), (7, 3), (2, 6)):
+        own = torch.randint(40, 97, (question + answer,), generator=generator).tolist()
+        ids = SYSTEM + own
+        items.append(Encoded(ids, [IGNORE] * (len(SYSTEM) + question) + own[question:]))
+    return items
+
+
+def test_sharing_the_prefix_keeps_logits_and_gradients() -> None:
+    student = model()
+    ids, mask, labels = _batch(rows())
+    answer = labels[:, 1:] != IGNORE
+    prefix = shared_prefix_length({"input_ids": ids, "attention_mask": mask}, int(answer.any(dim=0).nonzero()[0]))
+    assert prefix == len(SYSTEM)  # where the questions start to differ, before any answer
+    seen: list[int] = []
+    student.model.layers[0].register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].shape[0] * args[0].shape[1])
+    )
+
+    whole = _answer_logits(student, ids, mask, answer, 0)
+    whole.sum().backward()
+    expected = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    shared = _answer_logits(student, ids, mask, answer, prefix)
+    shared.sum().backward()
+
+    torch.testing.assert_close(shared, whole, rtol=1e-4, atol=1e-5)
+    for found, wanted in zip((p.grad for p in student.parameters()), expected, strict=True):
+        torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-5)
+    assert seen[0] == ids.numel() and sum(seen[1:]) == prefix + 3 * (ids.shape[1] - prefix)
