@@ -10,7 +10,6 @@ share PostgreSQL; a job is claimed under a SKIP LOCKED row lock, so none is run 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -31,21 +30,15 @@ from adapters.database import redacted_url
 from adapters.datafiles import DataError, check_file
 from adapters.fine_tuning import FineTuningStore, JobObject, auto_epochs
 from adapters.hub import Hub
+from adapters.processes import die_with_parent
 from adapters.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 BASE_LEARNING_RATE = 2e-4
 DEFAULT_BATCH = 8
-PR_SET_PDEATHSIG = 1
 CHECKS_PER_S = 1.0
 STOP_GRACE_S = 10.0
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills it if the worker dies (even by kill -9)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def fine_tuned_name(job: JobObject) -> str:
@@ -129,7 +122,7 @@ class Worker:
         command = [str(Path(sys.executable).parent / "loradock"), "train", "--output-dir", str(run_dir)]
         command += ["--resume"] if resume else ["--config", str(run_dir / "job.yaml")]
         with (run_dir / "train.log").open("ab") as log:
-            self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
             outcome = self._watch(job, run_dir)
         self.child = None
         if outcome == "lost":

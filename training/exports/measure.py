@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from adapters.processes import die_with_parent
+
 
 class MeasurementError(RuntimeError):
     """The runtime could not load or run the model; the message carries the end of its log."""
@@ -144,20 +146,8 @@ def _onnx(spec: MeasureSpec) -> tuple[Timed, tuple[int, float]]:
     return (tokens, single_s), (sum(map(len, batched)), batched_s)
 
 
-def _die_with_parent(parent: int) -> None:
-    """The measurement ends with the export that asked for it, even when that one is killed with SIGKILL (Linux's
-    parent-death signal; set here rather than in a preexec_fn, which is unsafe in a process with threads)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the export died before the signal was armed
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    _die_with_parent(int(sys.argv[3]))
+    die_with_parent(int(sys.argv[3]))
     spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
     result = _run(MeasureSpec.model_validate_json(spec_path.read_text()))
     out_path.write_text(result.model_dump_json())
