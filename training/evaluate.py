@@ -15,7 +15,7 @@ from typing import Any
 
 from adapters.chat_template import render_chat
 from adapters.datafiles.shapes import Example
-from training.data.tokenize import IGNORE, Encoded, encode
+from training.data.tokenize import IGNORE, Encoded, encode, pad_batch
 from training.metrics import task_metrics
 
 PROBE = Path(__file__).parent / "assets" / "general_probe.txt"
@@ -114,15 +114,7 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
     # bf16 autocast halves the time on CPUs with native bf16; the loss itself is summed in fp32.
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=native_bf16()):
         for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            width = max(len(item.input_ids) for item in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, item in enumerate(batch):
-                ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-                labels[row, : len(item.labels)] = torch.tensor(item.labels)
-                mask[row, : len(item.input_ids)] = 1
+            ids, mask, labels = pad_batch(encoded[start : start + batch_size])
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             targets = labels[:, 1:]
             losses = torch.nn.functional.cross_entropy(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.data.tokenize import IGNORE, Encoded
-from training.exports.distill import _answer_logits, _batch
+from training.data.tokenize import IGNORE, Encoded, pad_batch
+from training.exports.distill import _answer_logits
 from training.shared_prefix import shared_prefix_length
 
 SYSTEM = list(range(10, 30))
@@ -41,7 +41,7 @@ def rows() -> list[Encoded]:
 
 def test_sharing_the_prefix_keeps_logits_and_gradients() -> None:
     student = model()
-    ids, mask, labels = _batch(rows())
+    ids, mask, labels = pad_batch(rows())
     answer = labels[:, 1:] != IGNORE
     prefix = shared_prefix_length({"input_ids": ids, "attention_mask": mask}, int(answer.any(dim=0).nonzero()[0]))
     assert prefix == len(SYSTEM)  # where the questions start to differ, before any answer

@@ -48,6 +48,21 @@ def encode(tokenizer: Any, example: Example) -> Encoded:
     return Encoded(full, labels)
 
 
+def pad_batch(items: list[Encoded]) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, labels) tensors of `items`, right-padded to the longest."""
+    import torch
+
+    width = max(len(item.input_ids) for item in items)
+    ids = torch.zeros((len(items), width), dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    for row, item in enumerate(items):
+        ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        mask[row, : len(item.input_ids)] = 1
+        labels[row, : len(item.labels)] = torch.tensor(item.labels)
+    return ids, mask, labels
+
+
 def check_stop_token(tokenizer: Any, encoded: Encoded) -> None:
     """Refuse to train when the end-of-turn token carries no loss: the tuned model would never stop."""
     eos = tokenizer.eos_token_id

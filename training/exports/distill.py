@@ -25,7 +25,7 @@ from typing import Any
 
 from adapters.datafiles.shapes import Example
 from adapters.fingerprint import contract_mismatch, text_contract
-from training.data.tokenize import IGNORE, Encoded, encode
+from training.data.tokenize import IGNORE, Encoded, encode, pad_batch
 from training.evaluate import native_bf16
 from training.exports.merge import copy_text_files
 from training.exports.source import ExportError, Progress
@@ -104,7 +104,7 @@ def distill(
     order = random.Random(config.seed)
     log: list[dict[str, float]] = []
     for step in range(1, config.steps + 1):
-        ids, mask, labels = _batch(order.sample(encoded, min(config.batch_size, len(encoded))))
+        ids, mask, labels = pad_batch(order.sample(encoded, min(config.batch_size, len(encoded))))
         answer = labels[:, 1:] != IGNORE
         first_scored = int(answer.any(dim=0).nonzero()[0])
         prefix = shared_prefix_length({"input_ids": ids, "attention_mask": mask}, first_scored)
@@ -157,20 +157,6 @@ def _losses(student: Any, teacher: Any, targets: Any, temperature: float) -> tup
         reduction="batchmean",
     ) * (temperature**2)
     return kl, functional.cross_entropy(student, targets)
-
-
-def _batch(items: list[Encoded]) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(item.input_ids) for item in items)
-    ids = torch.zeros((len(items), width), dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    for row, item in enumerate(items):
-        ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-        mask[row, : len(item.input_ids)] = 1
-        labels[row, : len(item.labels)] = torch.tensor(item.labels)
-    return ids, mask, labels
 
 
 def _truncate(item: Encoded, length: int) -> Encoded:
