@@ -27,13 +27,14 @@ from adapters.settings import SUPPORTED_LORA_RANKS
 
 KV_CACHE_BYTES = 1 << 30
 MIN_MODEL_LEN = 256
+IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""vLLM's switch: "0" runs the engine core in the caller (and lets the CPU platform keep the worker there too)."""
 
 
 @contextmanager
 def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None) -> Iterator[Any]:
     """A `vllm.LLM` over `model`, with room for one LoRA adapter of `lora_rank` when one is given; on exit the
     engine is shut down and this process is left as it was, so that another engine can start in it."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     import torch
     from vllm import LLM
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -44,20 +45,28 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
         rank = min(supported for supported in SUPPORTED_LORA_RANKS if supported >= lora_rank)
         options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
     set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op for its process
-    engine = LLM(
-        model=model,
-        dtype="float32" if current_platform.is_cpu() else "auto",
-        max_model_len=max(max_model_len, MIN_MODEL_LEN),
-        kv_cache_memory_bytes=KV_CACHE_BYTES,
-        seed=0,
-        enforce_eager=True,
-        **options,
-    )
+    in_process = os.environ.get(IN_PROCESS)
+    os.environ[IN_PROCESS] = "0"
+    engine = None
     try:
+        engine = LLM(
+            model=model,
+            dtype="float32" if current_platform.is_cpu() else "auto",
+            max_model_len=max(max_model_len, MIN_MODEL_LEN),
+            kv_cache_memory_bytes=KV_CACHE_BYTES,
+            seed=0,
+            enforce_eager=True,
+            **options,
+        )
         yield engine
     finally:
-        engine.llm_engine.engine_core.shutdown()
-        del engine
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            del engine
         cleanup_dist_env_and_memory()
         torch.set_num_threads = set_num_threads
+        if in_process is None:
+            os.environ.pop(IN_PROCESS, None)
+        else:
+            os.environ[IN_PROCESS] = in_process
         gc.collect()
