@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -220,6 +221,24 @@ def make_tiny_model(tokenizer_source: Path, out: Path, *, seed: int = 0) -> Path
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(tokenizer_source / name, out / name)
     return out
+
+
+def toy_llama(vocab_size: int = 97) -> Any:
+    """A seeded 2-layer Llama small enough to compare losses and gradients exactly in unit tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
 
 
 def metric(server: ServerProcess, name: str, **labels: str) -> float:

@@ -4,28 +4,14 @@ row whole, with fewer positions through the model."""
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.helpers import toy_llama
 from training.data.tokenize import IGNORE, Encoded, pad_batch
 from training.exports.distill import _answer_logits
 from training.shared_prefix import shared_prefix_length
 
 SYSTEM = list(range(10, 30))
 """20 prompt tokens every row opens with, as a task's system prompt."""
-
-
-def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def rows() -> list[Encoded]:
@@ -40,7 +26,7 @@ def rows() -> list[Encoded]:
 
 
 def test_sharing_the_prefix_keeps_logits_and_gradients() -> None:
-    student = model()
+    student = toy_llama()
     ids, mask, labels = pad_batch(rows())
     answer = labels[:, 1:] != IGNORE
     prefix = shared_prefix_length({"input_ids": ids, "attention_mask": mask}, int(answer.any(dim=0).nonzero()[0]))
