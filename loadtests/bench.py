@@ -30,7 +30,7 @@ from rich.table import Table
 from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
 from adapters.settings import Settings
-from loadtests.generator import Hook, Run, Workload, run_load
+from loadtests.generator import Hook, Run, Workload, pause, run_load
 from loadtests.report import Summary, summarize, write_reports
 from loadtests.scenarios import Churn, Picker, constant, register_all, uniform, workload, write_adapters, zipf
 from loadtests.servers import BASE_NAME, EngineConfig, start_loradock, start_vllm
@@ -222,7 +222,7 @@ class MemorySampler:
         start = time.perf_counter()
         while time.perf_counter() < deadline:
             self.samples.append((time.perf_counter() - start, self.rss_mib()))
-            await asyncio.sleep(self._every_s)
+            await pause(self._every_s, deadline)
 
 
 def soak(server: ServerProcess, adapters: list[str], profile: Profile) -> Summary:

@@ -55,8 +55,15 @@ class Result:
 
 Workload = Iterator[Request]
 Hook = Callable[[float], Coroutine[Any, Any, None]]
-"""Work run beside the load (registrations, alias moves): given the run's deadline (perf_counter), it returns
-once it is done or the deadline passed."""
+"""Work run beside the load (registrations, alias moves, feedback): given the run's deadline (perf_counter), it
+starts nothing new once the deadline passed and returns when what it started is done. It is not cancelled: a
+request cut off client-side may still have reached the server, and then what the hook counted would not match
+what the server did. `pause` is its wait between steps."""
+
+
+async def pause(seconds: float, deadline: float) -> None:
+    """Sleep `seconds`, or only until `deadline` (perf_counter): a hook's wait between steps."""
+    await asyncio.sleep(max(0.0, min(seconds, deadline - time.perf_counter())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +112,7 @@ async def run_load(
                 await _stream(client, request, result, start)
 
         background = [asyncio.create_task(hook(deadline)) for hook in hooks]
-        await asyncio.gather(*(stream_worker() for _ in range(concurrency)))
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(*(stream_worker() for _ in range(concurrency)), *background)
     return Run(results, time.perf_counter() - start, concurrency)
 
 

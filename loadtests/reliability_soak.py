@@ -28,7 +28,7 @@ from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
 from adapters.settings import Settings
 from loadtests.bench import MemorySampler, warm_up
-from loadtests.generator import Run, run_load
+from loadtests.generator import Run, pause, run_load
 from loadtests.report import Summary, markdown_table, summarize
 from loadtests.scenarios import Churn, register_all, uniform, workload, write_adapters
 from loadtests.servers import BASE_NAME, EngineConfig, start_loradock
@@ -75,7 +75,7 @@ class FeedbackClient:
                     else:
                         self.failures.append(f"feedback: {rated.status_code} {rated.text[:200]}")
                 turn += 1
-                await asyncio.sleep(1.0)
+                await pause(1.0, deadline)
 
 
 def count_rows(database_url: str, table: str) -> int:

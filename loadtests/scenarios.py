@@ -16,7 +16,7 @@ import numpy as np
 
 from adapters.fingerprint import BaseModelSpec
 from loadtests.drift_calibration import tickets
-from loadtests.generator import Request
+from loadtests.generator import Request, pause
 from tests.adapter_factory import write_adapter
 from tests.helpers import adapter_files, upload_adapter
 from training.demo_task import SYSTEM_PROMPT
@@ -85,12 +85,15 @@ class Churn:
     registered: int = 0
     alias_moves: int = 0
     failures: list[str] = field(default_factory=list)
+    uploaded: int = 0
+    """Folders used so far: a second call goes on with the next one rather than registering the same again."""
 
     async def __call__(self, deadline: float) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=120) as client:
-            for folder in self.folders:
+            for folder in self.folders[self.uploaded :]:
                 if time.perf_counter() >= deadline:
                     return
+                self.uploaded += 1
                 response = await asyncio.to_thread(upload_adapter, self.url, self.name, adapter_files(folder))
                 if response.status_code != 201:
                     self.failures.append(f"register: {response.status_code} {response.text[:200]}")
@@ -102,4 +105,4 @@ class Churn:
                     self.alias_moves += 1
                 else:
                     self.failures.append(f"alias: {moved.status_code} {moved.text[:200]}")
-                await asyncio.sleep(self.every_s)
+                await pause(self.every_s, deadline)

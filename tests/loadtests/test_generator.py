@@ -17,7 +17,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from loadtests.generator import Request, run_load
+from loadtests.generator import Request, pause, run_load
 from loadtests.report import Percentiles, markdown_table, summarize, write_reports
 from tests.helpers import free_port
 
@@ -98,6 +98,23 @@ def test_a_timed_run_stops_by_itself_and_runs_its_hooks(small_server: str) -> No
     assert time.monotonic() - started < 1.0 + 0.5  # the deadline, plus the streams already in flight
     assert all(result.error is None for result in run.results) and len(run.results) >= 4
     assert len(ticks) >= 5
+
+
+def test_a_hook_finishes_the_step_it_started_before_the_deadline(small_server: str) -> None:
+    """A feedback or registration request sent just before the deadline has reached the server: cutting it off
+    client-side would leave the hook's counts one short of what the server logged."""
+    steps: list[str] = []
+
+    async def hook(deadline: float) -> None:
+        await pause(float("inf"), deadline - 0.05)
+        steps.append("sent")
+        await asyncio.sleep(0.5)  # the server still answering after the load's streams have finished
+        steps.append("answered")
+        await pause(1.0, deadline)
+
+    run = asyncio.run(run_load(small_server, requests_for(["ok"]), concurrency=2, duration_s=0.5, hooks=(hook,)))
+    assert steps == ["sent", "answered"]
+    assert run.duration_s >= 0.5 - 0.05 + 0.5
 
 
 def test_an_unreachable_server_is_an_error_per_request_not_a_crash() -> None:
