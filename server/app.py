@@ -112,6 +112,7 @@ async def _load_engine(state: ServerState, on_fatal: FatalHandler | None) -> Non
         if on_fatal is not None:
             on_fatal(state.startup_error)
         return
+    await asyncio.to_thread(state.drift.load_embedder)
     state.attach_engine(engine)
     logger.info("ready: serving %s and the adapters of the hub at %s", name, redacted_url(state.settings.database))
     await _watch_engine(state, engine, on_fatal)

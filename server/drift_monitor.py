@@ -24,7 +24,7 @@ from typing import Any
 
 from adapters.database import Database
 from adapters.drift.checks import DriftDetector, Observation, feedback_check
-from adapters.drift.features import Embedder, is_refusal, prompt_text
+from adapters.drift.features import Embedder, EmbedderUnavailableError, is_refusal, prompt_text
 from adapters.drift.profile import DriftProfile, ReferenceAnswer, build_profile
 from adapters.drift.reports import SEVERITY, CheckResult, Status, VersionDrift, WindowReport, worst
 from adapters.drift.store import DriftStore, SnapshotView
@@ -114,6 +114,19 @@ class DriftMonitor:
             self._stop.set()
             self._thread.join(timeout_s)
         self._database.dispose()
+
+    def load_embedder(self) -> None:
+        """Load the embedding model before the server reports ready, not at the first completion.
+
+        Loaded then (0.6 s once vLLM's imports are done), its imports held the GIL while the first streams were
+        answered: the event loop fell behind, and a stream's tokens reached the client in one chunk.
+        """
+        if not self.enabled:
+            return
+        try:
+            self.embedder.load()
+        except EmbedderUnavailableError as exc:  # the server serves on; each batch reports it again
+            logger.error("drift: %s", exc)
 
     # --- the request path -------------------------------------------------------------------------------
 

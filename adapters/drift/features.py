@@ -81,6 +81,11 @@ class Embedder:
             self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
         return self._model
 
+    def load(self) -> None:
+        """Load the model now rather than at the first call (its imports hold the GIL for seconds)."""
+        with self._lock:
+            self._load()
+
     def tokens(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids of each text, whole (not cut at the embedding model's 256) and without special tokens."""
         with self._lock:

@@ -130,6 +130,13 @@ def watched(
     return "watched"
 
 
+def test_the_embedding_model_is_loaded_before_the_server_reports_ready(demo_server: ServerProcess) -> None:
+    """Loaded at the first completion, its imports held the GIL while the first streams were answered, and a
+    stream's tokens then reached the client in one chunk."""
+    log = demo_server.log_path.read_text()
+    assert log.index("Loading SentenceTransformer model") < log.index("ready: serving"), log[-3000:]
+
+
 def test_a_profile_is_not_replaced_by_accident_and_a_bad_sample_is_refused(
     demo_server: ServerProcess, watched: str, sample: Path, tmp_path: Path
 ) -> None:
