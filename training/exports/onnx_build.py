@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 PRECISIONS = ("fp32", "int8", "int4")
+INT4_BLOCK_SIZE = 16
+"""Weights per int4 scale. The builder's default of 32 cost the demo adapter 7 of 20 test answers (0.60 against the
+teacher's 0.95, greedy-token agreement 0.867, 90 MB); blocks of 16 cost 4 (0.75, agreement 0.903) for 107 MB.
+Activations at fp32 instead of the CPU's default int8 (`accuracy_level=1`) changed nothing there."""
 
 
 class OnnxBuildError(RuntimeError):
@@ -28,6 +32,7 @@ def build_onnx(model_dir: Path, out: Path, precision: str, scratch: Path) -> Non
         "onnxruntime_genai.models.builder",
         *("-i", str(model_dir), "-m", str(model_dir), "-o", str(out)),
         *("-p", precision, "-e", "cpu", "-c", str(scratch)),
+        *(("--extra_options", f"block_size={INT4_BLOCK_SIZE}") if precision == "int4" else ()),
     ]
     log = scratch / "build.log"
     with log.open("w") as stream:
