@@ -1,5 +1,5 @@
 """Distillation runs the prefix its rows share once: the same answer logits and student gradients as running every
-row whole, with fewer positions through the model."""
+row whole, with fewer positions through the model. The teacher's logits of a row are computed once and kept."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from tests.helpers import toy_llama
 from training.data.tokenize import IGNORE, Encoded, pad_batch
-from training.exports.distill import _answer_logits
+from training.exports.distill import TeacherLogits, _answer_logits, _batch
 from training.shared_prefix import shared_prefix_length
 
 SYSTEM = list(range(10, 30))
@@ -47,3 +47,25 @@ def test_sharing_the_prefix_keeps_logits_and_gradients() -> None:
     for found, wanted in zip((p.grad for p in student.parameters()), expected, strict=True):
         torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-5)
     assert seen[0] == ids.numel() and sum(seen[1:]) == prefix + 3 * (ids.shape[1] - prefix)
+
+
+def test_the_teacher_runs_each_row_once_and_its_kept_logits_are_those_of_the_batch() -> None:
+    teacher, items = toy_llama().eval(), rows()
+    batch = _batch(items)
+    with torch.no_grad():
+        whole = _answer_logits(teacher, batch.ids, batch.mask, batch.answer, batch.prefix)
+    per_row = torch.split(whole, batch.answer.sum(dim=1).tolist())
+
+    kept = TeacherLogits(teacher, items)
+    first = kept([0, 2])
+    again = kept([2, 1, 0])
+    assert kept.computed == 3  # row 1 once, rows 0 and 2 not again
+    tolerance = {"rtol": 2e-2, "atol": 2e-2}  # bfloat16 autocast where the CPU has it
+    torch.testing.assert_close(first, torch.cat([per_row[0], per_row[2]]), **tolerance)
+    torch.testing.assert_close(again, torch.cat([per_row[2], per_row[1], per_row[0]]), **tolerance)
+    assert again.dtype == torch.float32
+
+    unkept = TeacherLogits(teacher, items, budget_bytes=0)
+    unkept([0, 1])
+    unkept([1, 2])
+    assert unkept.computed == 4  # over the budget: computed each time it is drawn
