@@ -109,6 +109,19 @@ def demo_server(
 
 
 @pytest.fixture(scope="session")
+def demo_hub_server(demo_training: tuple[Path, Path]) -> Iterator[ServerProcess]:
+    """A server over the demo hub (support-tickets@1, the base by name), as `make demo` serves it: the export tests
+    download what they registered from it, and the production-loop test sends it traffic, then retrains and
+    promotes beside it."""
+    server = ServerProcess(demo_training[0], ["--base-model", DEMO_MODEL], env=SERVER_ENV)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="session")
 def client(demo_server: ServerProcess) -> openai.OpenAI:
     """The official OpenAI client pointed at the session server."""
     return openai.OpenAI(base_url=f"{demo_server.url}/v1", api_key="not-needed", max_retries=0, timeout=300)

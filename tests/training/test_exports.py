@@ -87,7 +87,9 @@ def block_sizes(home: Path, label: str) -> set[int]:
     }
 
 
-def test_merged_export_keeps_parity_and_vllm_serves_it_like_base_plus_adapter(home: Path) -> None:
+def test_merged_export_keeps_parity_and_vllm_serves_it_like_base_plus_adapter(
+    home: Path, demo_hub_server: ServerProcess
+) -> None:
     done = loradock(home, "export", "merged", f"{ADAPTER}@1")
     assert "registered merged" in done.stdout
     report = report_of(home, "merged")
@@ -110,23 +112,17 @@ def test_merged_export_keeps_parity_and_vllm_serves_it_like_base_plus_adapter(ho
 
     shown = loradock(home, "adapters", "show", ADAPTER).stdout
     assert artifact.id in shown and "merged" in shown
-    server = ServerProcess(home, ["--base-model", "SmolLM2-135M-Instruct"])
-    try:
-        server.wait_ready()
-        version = httpx.get(f"{server.url}/v1/adapters/{ADAPTER}/versions/1", timeout=30).json()
-        assert [a["id"] for a in version["artifacts"]] == [artifact.id]
-        download = httpx.get(
-            f"{server.url}/v1/adapters/{ADAPTER}/versions/1/artifacts/{artifact.id}/download", timeout=120
-        )
-        assert download.status_code == 200
-        archive = home / "merged.tar.gz"
-        archive.write_bytes(download.content)
-        with tarfile.open(archive) as bundle:
-            assert {"model.safetensors", "report.json", "config.json"} <= set(bundle.getnames())
-        missing = httpx.get(f"{server.url}/v1/adapters/{ADAPTER}/versions/1/artifacts/art-nope/download", timeout=30)
-        assert missing.status_code == 404 and "art-nope" in missing.text
-    finally:
-        server.terminate()
+    url = demo_hub_server.url  # started before the export: it finds what was registered since
+    version = httpx.get(f"{url}/v1/adapters/{ADAPTER}/versions/1", timeout=30).json()
+    assert [a["id"] for a in version["artifacts"]] == [artifact.id]
+    download = httpx.get(f"{url}/v1/adapters/{ADAPTER}/versions/1/artifacts/{artifact.id}/download", timeout=120)
+    assert download.status_code == 200
+    archive = home / "merged.tar.gz"
+    archive.write_bytes(download.content)
+    with tarfile.open(archive) as bundle:
+        assert {"model.safetensors", "report.json", "config.json"} <= set(bundle.getnames())
+    missing = httpx.get(f"{url}/v1/adapters/{ADAPTER}/versions/1/artifacts/art-nope/download", timeout=30)
+    assert missing.status_code == 404 and "art-nope" in missing.text
 
 
 def test_onnx_int4_and_int8_run_in_onnxruntime_genai_close_to_the_teacher(home: Path) -> None:

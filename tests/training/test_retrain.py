@@ -4,11 +4,11 @@ systematic error, `loradock retrain`, gates, promotion and rollback."""
 from __future__ import annotations
 
 import os
-import shutil
-import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from adapters.hub import Hub
@@ -16,7 +16,6 @@ from adapters.interactions import LEARNED_FROM
 from adapters.naming import CANDIDATE_ALIAS, DEFAULT_ALIAS
 from adapters.promotion import COMPARISON
 from adapters.settings import Settings
-from tests.conftest import SERVER_ENV
 from tests.helpers import ServerProcess, run_loradock
 from training.demo_loop import send_and_rate, traffic
 
@@ -25,19 +24,21 @@ pytestmark = pytest.mark.slow
 ADAPTER = "support-tickets"
 
 
-def _copy_hub(source: Path, target: Path) -> Path:
-    """A copy of the demo hub (database and store), so that this test's versions stay out of the export tests'."""
-    target.mkdir(parents=True)
-    (target / "models").symlink_to((source / "models").resolve(), target_is_directory=True)
-    shutil.copytree(source / "artifacts", target / "artifacts")
-    with sqlite3.connect(source / "loradock.db") as original, sqlite3.connect(target / "loradock.db") as copy:
-        original.backup(copy)
-    return target
-
-
 def _loradock(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"}
     return run_loradock(args, env, timeout=1200)
+
+
+def _served_as(server: ServerProcess, expected: str, timeout_s: float = 30) -> str:
+    """The version that `support-tickets` resolves to on the running server (a response names it), polled until
+    it is `expected`: the server caches a resolution for a couple of seconds."""
+    body = {"model": ADAPTER, "messages": [{"role": "user", "content": "My invoice is wrong."}], "max_tokens": 1}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        served = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["model"]
+        if served == expected or time.monotonic() > deadline:
+            return str(served)
+        time.sleep(0.5)
 
 
 def _aliases(home: Path) -> dict[str, list[int]]:
@@ -50,15 +51,11 @@ def _aliases(home: Path) -> dict[str, list[int]]:
 
 
 def test_retrain_on_corrections_fixes_the_error_and_only_a_version_that_passes_its_gates_is_promoted(
-    demo_training: tuple[Path, Path], demo_model: Path, tmp_path: Path
+    demo_training: tuple[Path, Path], demo_hub_server: ServerProcess
 ) -> None:
-    home = _copy_hub(demo_training[0], tmp_path / "home")
-    server = ServerProcess(home, ["--base-model", str(demo_model)], env=SERVER_ENV)
-    try:
-        server.wait_ready()
-        counts = send_and_rate(server.url, traffic(break_ins=48, ordinary=16, seed=3))
-    finally:
-        server.terminate()
+    """On the demo hub, as `make demo` runs the loop: the server keeps serving while the adapter is retrained."""
+    home = demo_training[0]
+    counts = send_and_rate(demo_hub_server.url, traffic(break_ins=48, ordinary=16, seed=3))
     assert counts["wrong (corrected)"] >= 30, counts  # the systematic error: calm break-ins are not urgent to v1
 
     done = _loradock(home, "retrain", ADAPTER)
@@ -83,6 +80,7 @@ def test_retrain_on_corrections_fixes_the_error_and_only_a_version_that_passes_i
     promoted = _loradock(home, "promote", ADAPTER, "--margin", "0.1")
     assert promoted.returncode == 0 and "promoted" in promoted.stdout, promoted.stdout
     assert _aliases(home)[DEFAULT_ALIAS] == [2]
+    assert _served_as(demo_hub_server, f"{ADAPTER}@2") == f"{ADAPTER}@2"  # no restart
 
     # A retrain that cannot be good (fresh weights, one step) is registered, but its gates keep it out of prod.
     weak = _loradock(home, "retrain", ADAPTER, "--from-scratch", "--set", "max_steps=1")
@@ -94,3 +92,4 @@ def test_retrain_on_corrections_fixes_the_error_and_only_a_version_that_passes_i
     back = _loradock(home, "rollback", ADAPTER)
     assert back.returncode == 0, back.stdout
     assert _aliases(home)[DEFAULT_ALIAS] == [1]
+    assert _served_as(demo_hub_server, f"{ADAPTER}@1") == f"{ADAPTER}@1"
