@@ -93,19 +93,34 @@ SERVER_ENV = {
 
 
 @pytest.fixture(scope="session")
-def demo_server(
+def demo_server_process(
     tmp_path_factory: pytest.TempPathFactory, demo_model: Path, test_adapters: dict[str, Path]
 ) -> Iterator[ServerProcess]:
-    """One real server for the session: the demo model plus the two test adapters, on a fresh hub (SQLite)."""
+    """The session server's process: the demo model plus the two test adapters, on a fresh hub (SQLite); started,
+    not waited for."""
     args = ["--base-model", str(demo_model)]
     for name, path in test_adapters.items():
         args += ["--adapter", f"{name}={path}"]
     server = ServerProcess(tmp_path_factory.mktemp("server-home"), args, env=SERVER_ENV)
     try:
-        server.wait_ready()
         yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_the_session_server_early(request: pytest.FixtureRequest) -> None:
+    """Start the session server with the session when a selected test uses it: its start (about 30 s, mostly one
+    core importing vLLM in three processes) then overlaps with the tests that run before the first one that does."""
+    if any("demo_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("demo_server_process")
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_server_process: ServerProcess) -> ServerProcess:
+    """One real server for the session (`demo_server_process`), ready."""
+    demo_server_process.wait_ready()
+    return demo_server_process
 
 
 @pytest.fixture(scope="session")
