@@ -144,7 +144,7 @@ class TeacherLogits:
         self._budget = budget_bytes
         self._kept: dict[int, Any] = {}
         self.computed = 0
-        """Rows run through the teacher so far (for tests and progress)."""
+        """Rows run through the teacher so far."""
 
     def __call__(self, rows: list[int]) -> Any:
         """The answer logits of `rows`, concatenated in their order (as `_answer_logits` returns them), float32."""
