@@ -44,7 +44,8 @@ def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def demo_training(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The shipped demo task trained once per session, exactly as `make demo` trains it, and registered as
-    support-tickets@1: (LORADOCK_HOME, run folder). The demo-task test checks it; the export tests start from it."""
+    support-tickets@1: (LORADOCK_HOME, run folder). The demo-task test checks it; the export tests, then the
+    production-loop test, work on its hub."""
     home = tmp_path_factory.mktemp("demo-home")
     (home / "models").symlink_to(demo_model.parent, target_is_directory=True)
     run = home / "run"
