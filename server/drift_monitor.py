@@ -127,6 +127,8 @@ class DriftMonitor:
             self.embedder.load()
         except EmbedderUnavailableError as exc:  # the server serves on; each batch reports it again
             logger.error("drift: %s", exc)
+        except Exception:  # a broken model must not keep the server from turning ready: drift never takes it down
+            logger.exception("drift: the embedding model could not be loaded")
 
     # --- the request path -------------------------------------------------------------------------------
 

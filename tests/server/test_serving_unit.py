@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
+from adapters.settings import Settings
 from server.admission import Admission
+from server.drift_monitor import DriftMonitor
 from server.engine import ChoiceDelta
 from server.errors import ContextLengthExceededError, ServerOverloadedError
+from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder, chat_messages
 from server.protocol import ChatMessage, ContentPart
 from server.serving.runner import merge
@@ -65,3 +69,18 @@ def test_merge_replays_first_steps_and_interleaves() -> None:
     seen = asyncio.run(run())
     assert sorted(seen) == [(0, "0:0"), (0, "0:1"), (0, "0:2"), (1, "1:0"), (1, "1:1")]
     assert seen[:2] == [(0, "0:0"), (1, "1:0")]
+
+
+def test_an_embedding_model_that_fails_to_load_does_not_stop_the_server_turning_ready(tmp_path: Path) -> None:
+    """The server loads drift's model before it reports ready; drift must never take serving down with it."""
+
+    class Broken:
+        def load(self) -> None:
+            raise RuntimeError("corrupt weights")
+
+    monitor = DriftMonitor(Settings(home=tmp_path), ServerMetrics())
+    monitor.embedder = Broken()  # type: ignore[assignment]
+    try:
+        monitor.load_embedder()  # logged, not raised
+    finally:
+        monitor.close()
