@@ -7,7 +7,9 @@ up, which is what orchestrators' liveness and readiness probes expect.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,9 +115,28 @@ async def _load_engine(state: ServerState, on_fatal: FatalHandler | None) -> Non
             on_fatal(state.startup_error)
         return
     await asyncio.to_thread(state.drift.load_embedder)
+    freeze_startup_heap()
     state.attach_engine(engine)
     logger.info("ready: serving %s and the adapters of the hub at %s", name, redacted_url(state.settings.database))
     await _watch_engine(state, engine, on_fatal)
+
+
+def freeze_startup_heap() -> None:
+    """Take every object alive once the engine is up out of the garbage collector's full passes.
+
+    After vLLM, torch and transformers are imported and the engine client and drift's embedding model are loaded,
+    this process holds millions of objects that live as long as it does. Python's oldest-generation collection
+    walks them all, with the GIL held: on 2 vCPUs each pass took 0.4-0.5 s, and one that fell during a load test
+    paused every stream for as long (a time-to-first-token p99 of 0.9 s at concurrency 1). Frozen, they are
+    skipped, and a full pass only walks what serving allocates. vLLM's own OpenAI server does the same
+    (`freeze_gc_heap`); it is written out here because engine.py is the only module that may import vLLM.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "garbage collector: %d startup objects frozen in %.2f s", gc.get_freeze_count(), time.perf_counter() - started
+    )
 
 
 async def _watch_engine(state: ServerState, engine: InferenceEngine, on_fatal: FatalHandler | None) -> None:
