@@ -30,7 +30,7 @@ from rich.table import Table
 from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
 from adapters.settings import Settings
-from loadtests.generator import Hook, Run, Workload, pause, run_load
+from loadtests.generator import Hook, Run, Workload, freeze_client_heap, pause, run_load
 from loadtests.report import Summary, summarize, write_reports
 from loadtests.scenarios import Churn, Picker, constant, register_all, uniform, workload, write_adapters, zipf
 from loadtests.servers import BASE_NAME, EngineConfig, start_loradock, start_vllm
@@ -355,6 +355,7 @@ def main() -> None:
                 server.wait_ready(900)
         for server in servers.values():
             warm_up(server, [BASE_NAME, *names])
+        freeze_client_heap()
         summaries += step("overhead: loradock vs vLLM's server", lambda: overhead(servers, names, profile))
         client = step("vllm bench serve against both", lambda: vllm_client(servers, model, names, profile, args.out))
         servers[VLLM].terminate()

@@ -22,6 +22,7 @@ from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
 from adapters.settings import Settings
 from loadtests.bench import SHORT, load, warm_up
+from loadtests.generator import freeze_client_heap
 from loadtests.report import summarize
 from loadtests.scenarios import uniform, write_adapters
 from loadtests.servers import BASE_NAME, EngineConfig, start_loradock
@@ -72,6 +73,7 @@ def main() -> None:
     try:
         server.wait_ready(900)
         warm_up(server, [BASE_NAME, *adapters])
+        freeze_client_heap()
         py_spy = str(Path(sys.executable).parent / "py-spy")
         timing = ["--duration", str(args.seconds), "--rate", str(rate), "--pid", str(server.process.pid)]
         spy = subprocess.Popen([py_spy, "record", "--format", "raw", "--output", str(raw), *timing])
