@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ def serve(
 ) -> None:
     """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process, or the vLLM servers
     given with --remote-engine)."""
+    # Imports and the engine's start run without the garbage collector, which turns back on (after one full pass)
+    # once the engine is up: server.app.freeze_startup_heap.
+    gc.disable()
     import uvicorn
     from pydantic import ValidationError
 

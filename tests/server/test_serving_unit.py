@@ -88,13 +88,17 @@ def test_an_embedding_model_that_fails_to_load_does_not_stop_the_server_turning_
         monitor.close()
 
 
-def test_freezing_the_startup_heap_takes_live_objects_out_of_full_collections() -> None:
-    """A full collection over the API process's startup heap paused every stream for about half a second."""
+def test_freezing_the_startup_heap_takes_live_objects_out_of_full_collections_and_turns_the_collector_on() -> None:
+    """A full collection over the API process's startup heap paused every stream for about half a second.
+    `loradock serve` starts with the collector off; the freeze turns it back on."""
     kept = [[index] for index in range(10_000)]
+    gc.disable()
     try:
         freeze_startup_heap()
+        assert gc.isenabled()
         assert gc.get_freeze_count() >= len(kept)
         collected = {id(item) for item in gc.get_objects()}  # every generation a collection walks
         assert not any(id(item) in collected for item in kept)
     finally:
         gc.unfreeze()
+        gc.enable()
