@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,7 @@ def serve(
 ) -> None:
     """Serve the base model and its adapters over an OpenAI-compatible API (vLLM in-process, or the vLLM servers
     given with --remote-engine)."""
-    # Imports and the engine's start run without the garbage collector, which turns back on (after one full pass)
-    # once the engine is up: server.app.freeze_startup_heap.
-    gc.disable()
+    start_without_collector()
     import uvicorn
     from pydantic import ValidationError
 
@@ -74,6 +73,14 @@ def serve(
     if fatal:
         console.print(f"[red]error:[/red] {fatal[0]}")
         raise typer.Exit(1)
+
+
+def start_without_collector() -> None:
+    """Run imports and the engine's start without the garbage collector; server.app.freeze_startup_heap makes one
+    full pass and turns it back on once the engine is up. An engine process forked meanwhile (vLLM may fork on
+    CUDA; its CPU platform spawns) collects as usual."""
+    gc.disable()
+    os.register_at_fork(after_in_child=gc.enable)
 
 
 def _stop(server: Any, fatal: list[str], reason: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from adapters.settings import Settings
 from server.admission import Admission
 from server.app import freeze_startup_heap
+from server.cli import start_without_collector
 from server.drift_monitor import DriftMonitor
 from server.engine import ChoiceDelta
 from server.errors import ContextLengthExceededError, ServerOverloadedError
@@ -101,4 +103,19 @@ def test_freezing_the_startup_heap_takes_live_objects_out_of_full_collections_an
         assert not any(id(item) in collected for item in kept)
     finally:
         gc.unfreeze()
+        gc.enable()
+
+
+def test_the_server_starts_without_the_collector_but_a_forked_engine_process_collects() -> None:
+    start_without_collector()
+    try:
+        assert not gc.isenabled()
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child only reports and leaves, without pytest's cleanup
+            os.write(write, b"on" if gc.isenabled() else b"no")
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert os.read(read, 2) == b"on"
+    finally:
         gc.enable()
