@@ -70,9 +70,10 @@ async def pause(seconds: float, deadline: float) -> None:
 def freeze_client_heap() -> None:
     """Take the measuring process's objects out of the garbage collector's full passes before it measures.
 
-    A benchmark process that imported the training stack holds millions of objects; a full collection over them
-    stops the client for about half a second, and the request in flight when it happens shows a stall that is
-    not the server's. vLLM's `bench serve` freezes its heap for the same reason.
+    A benchmark process that imported the training stack holds hundreds of thousands of objects (torch,
+    transformers, TRL, peft and vLLM alone leave about 640,000); a full collection over them stops the client for
+    about half a second, and the request in flight when it happens shows a stall that is not the server's. vLLM's
+    `bench serve` freezes its heap for the same reason.
     """
     gc.collect()
     gc.freeze()
