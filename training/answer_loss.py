@@ -18,12 +18,9 @@ from training.shared_prefix import forward_sharing_prefix, shared_prefix_length
 IGNORE = -100
 
 
-def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Any, dict[str, float]]:
-    """(loss, metrics): mean cross-entropy over labelled tokens, as TRL reduces it, plus the entropy and token
-    accuracy TRL logs."""
-    import torch
-    import torch.nn.functional as F
-
+def answer_logits(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """(logits, targets) at the positions that carry a label in some row of the batch, float32; targets holds
+    IGNORE where a row has no label at a kept position. Training and evaluation score tokens through this."""
     targets = inputs["labels"][:, 1:]
     positions = (targets != IGNORE).any(dim=0).nonzero().flatten()
     # Every input but the labels goes through: packed batches carry position_ids that keep their examples apart.
@@ -35,8 +32,16 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> 
         outputs = forward_sharing_prefix(model, model_inputs, prefix, positions)
     else:
         outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
-    logits = outputs.logits.float()
-    kept = targets[:, positions]
+    return outputs.logits.float(), targets[:, positions]
+
+
+def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Any, dict[str, float]]:
+    """(loss, metrics): mean cross-entropy over labelled tokens, as TRL reduces it, plus the entropy and token
+    accuracy TRL logs."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, kept = answer_logits(model, inputs)
     valid = kept != IGNORE
     summed = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), kept.reshape(-1), ignore_index=IGNORE, reduction="sum"

@@ -15,6 +15,7 @@ from typing import Any
 
 from adapters.chat_template import render_chat
 from adapters.datafiles.shapes import Example
+from training.answer_loss import answer_logits
 from training.data.tokenize import IGNORE, Encoded, encode, pad_batch
 from training.metrics import task_metrics
 
@@ -107,7 +108,12 @@ def teacher_forced_scores(
 
 
 def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
-    """Mean negative log-likelihood per supervised token, over every example."""
+    """Mean negative log-likelihood per supervised token, over every example.
+
+    Scored as training scores (`answer_logits`): the LM head projects only the positions that carry a label, and a
+    system prompt the rows share runs once per batch. The demo task's test loss (100 tickets, float32, 2 cores of an
+    AVX2 CPU) took 50 s per model with every position projected through the 49k-word vocabulary, and 31 s so.
+    """
     import torch
 
     total, tokens = 0.0, 0
@@ -115,8 +121,7 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=native_bf16()):
         for start in range(0, len(encoded), batch_size):
             ids, mask, labels = pad_batch(encoded[start : start + batch_size])
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            targets = labels[:, 1:]
+            logits, targets = answer_logits(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
             losses = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
             )

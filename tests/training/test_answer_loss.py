@@ -126,3 +126,26 @@ def test_prefixes_that_cannot_be_shared_are_not() -> None:
     assert shared_prefix_length({**inputs, "position_ids": restarted}, 12) == 9
     short = inputs["input_ids"][:, :10]
     assert shared_prefix_length({"input_ids": short}, 12) == 9  # every row keeps a token of its own
+
+
+def test_evaluation_loss_is_the_mean_over_every_supervised_token_of_every_batch(model: LlamaForCausalLM) -> None:
+    """`loradock train`'s test-split loss scores through `answer_logits` too: per token over all examples, equal to
+    the model's own per-example losses weighted by their supervised tokens, whatever the batching."""
+    from training.data.tokenize import Encoded
+    from training.evaluate import mean_loss
+
+    inputs = shared_prompt_batch(rows=5)
+    examples = [
+        Encoded(ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
+        for ids, mask, labels in zip(inputs["input_ids"], inputs["attention_mask"], inputs["labels"], strict=True)
+    ]
+    weighted = [
+        (float(model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels])).loss), e.supervised)
+        for e in examples
+    ]
+    expected = sum(loss * tokens for loss, tokens in weighted) / sum(tokens for _, tokens in weighted)
+    projected: list[int] = []
+    model.lm_head.register_forward_hook(lambda _module, args, _out: projected.append(args[0].shape[1]))
+    for batch_size in (1, 3, 8):
+        assert mean_loss(model, examples, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+    assert max(projected) <= 8  # the answers' positions (4 per row, shifted by row), not all 20
