@@ -112,7 +112,7 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
 
     Scored as training scores (`answer_logits`): the LM head projects only the positions that carry a label, and a
     system prompt the rows share runs once per batch. The demo task's test loss (100 tickets, float32, 2 cores of an
-    AVX2 CPU) took 50 s per model with every position projected through the 49k-word vocabulary, and 31 s so.
+    AVX2 CPU) took 50 s per model with every position projected through the 49k-word vocabulary, and takes 31 s.
     """
     import torch
 
