@@ -147,5 +147,6 @@ def test_evaluation_loss_is_the_mean_over_every_supervised_token_of_every_batch(
     projected: list[int] = []
     model.lm_head.register_forward_hook(lambda _module, args, _out: projected.append(args[0].shape[1]))
     for batch_size in (1, 3, 8):
-        assert mean_loss(model, examples, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+        # float32 through another path (prefix once, padded rows, answer positions only): 1.7e-5 apart on AVX-512
+        assert mean_loss(model, examples, batch_size=batch_size) == pytest.approx(expected, rel=1e-4)
     assert max(projected) <= 8  # the answers' positions (4 per row, shifted by row), not all 20
