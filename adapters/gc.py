@@ -118,7 +118,8 @@ def scan(hub: Hub, *, grace_s: float, verify: bool = True, allow_empty_database:
     findings += _dataset_files(stored_files, files, settings.files_dir, grace_s, now, verify, keep_files)
     for root in (settings.home / "runs", settings.jobs_dir):
         findings += _run_leftovers(root, grace_s, now)
-    findings += _cache_leftovers(settings.home / "cache" / "teachers", grace_s, now)
+    for cache in ("teachers", "answers"):
+        findings += _cache_leftovers(settings.cache_dir / cache, grace_s, now)
     findings += _model_leftovers(settings.models_dir, grace_s, now)
     return findings
 
@@ -205,7 +206,7 @@ def _run_leftovers(root: Path, grace_s: float, now: float) -> list[Finding]:
 
 
 def _cache_leftovers(root: Path, grace_s: float, now: float) -> list[Finding]:
-    """Measurements of export teachers that `write_atomic` did not finish."""
+    """Cached teacher measurements and evaluation answers that `write_atomic` did not finish."""
     return _idle_outputs(root.glob(".*.partial") if root.is_dir() else [], grace_s, now)
 
 

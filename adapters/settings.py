@@ -249,6 +249,12 @@ class Settings(BaseSettings):
         return self.home / "files"
 
     @property
+    def cache_dir(self) -> Path:
+        """Results worth keeping between runs: export teachers' measurements (`teachers/`) and evaluation
+        answers (`answers/`), each keyed by the content that produced it."""
+        return self.home / "cache"
+
+    @property
     def jobs_dir(self) -> Path:
         """Run folders of fine-tuning jobs."""
         return self.home / "jobs"

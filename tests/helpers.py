@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -96,7 +97,9 @@ class ServerProcess:
         raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_tail()}")
 
     def terminate(self, timeout_s: float = 60) -> int:
-        """SIGTERM, as an orchestrator sends it; returns the exit code."""
+        """SIGTERM, as an orchestrator sends it; returns the exit code. Whatever is left of its process group
+        afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core and
+        worker processes do, and they would otherwise outlive the test with their gigabytes."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -104,6 +107,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()
         return self.process.returncode
 

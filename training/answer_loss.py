@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.data.tokenize import IGNORE
 from training.shared_prefix import forward_sharing_prefix, shared_prefix_length
-
-IGNORE = -100
 
 
 def answer_logits(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
@@ -35,6 +34,17 @@ def answer_logits(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     return outputs.logits.float(), targets[:, positions]
 
 
+def summed_loss(logits: Any, targets: Any) -> tuple[Any, Any]:
+    """(summed cross-entropy, count) over the labelled targets: training divides by TRL's count of items in
+    the batch, evaluation by the tokens of the whole set."""
+    import torch.nn.functional as F
+
+    summed = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return summed, (targets != IGNORE).sum()
+
+
 def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Any, dict[str, float]]:
     """(loss, metrics): mean cross-entropy over labelled tokens, as TRL reduces it, plus the entropy and token
     accuracy TRL logs."""
@@ -43,10 +53,7 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> 
 
     logits, kept = answer_logits(model, inputs)
     valid = kept != IGNORE
-    summed = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), kept.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    tokens = valid.sum()
+    summed, tokens = summed_loss(logits, kept)
     loss = summed / (tokens.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     with torch.no_grad():
         scored = logits[valid]

@@ -15,8 +15,9 @@ from typing import Any
 
 from adapters.chat_template import render_chat
 from adapters.datafiles.shapes import Example
-from training.answer_loss import answer_logits
-from training.data.tokenize import IGNORE, Encoded, encode, pad_batch
+from training.answer_cache import AnswerCache, adapter_digest
+from training.answer_loss import answer_logits, summed_loss
+from training.data.tokenize import Encoded, encode, pad_batch
 from training.metrics import task_metrics
 
 PROBE = Path(__file__).parent / "assets" / "general_probe.txt"
@@ -63,6 +64,7 @@ def evaluate_adapter(
     *,
     max_new_tokens: int,
     lora_rank: int,
+    cache: AnswerCache,
 ) -> EvalResult:
     """Scores for base and tuned on `test` (chat examples get generated answers; text examples only loss)."""
     base_loss, tuned_loss, base_probe, tuned_probe = teacher_forced_scores(base_path, adapter_dir, tokenizer, test)
@@ -73,7 +75,7 @@ def evaluate_adapter(
     }
     samples: list[dict[str, str]] = []
     if chats:
-        answers = generate_answers(base_path, adapter_dir, tokenizer, chats, max_new_tokens, lora_rank)
+        answers = generate_answers(base_path, adapter_dir, tokenizer, chats, max_new_tokens, lora_rank, cache)
         references = [example.answer for example in chats]
         labels = [str(example.label) for example in chats] if all(e.label is not None for e in chats) else None
         for name, predictions in answers.items():
@@ -122,11 +124,9 @@ def mean_loss(model: Any, encoded: list[Encoded], batch_size: int = 8) -> float:
         for start in range(0, len(encoded), batch_size):
             ids, mask, labels = pad_batch(encoded[start : start + batch_size])
             logits, targets = answer_logits(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
-            losses = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-            )
-            total += float(losses)
-            tokens += int((targets != IGNORE).sum())
+            summed, count = summed_loss(logits, targets)
+            total += float(summed)
+            tokens += int(count)
     return total / max(tokens, 1)
 
 
@@ -151,38 +151,63 @@ def generate_answers(
     chats: list[Example],
     max_new_tokens: int,
     lora_rank: int,
+    cache: AnswerCache,
 ) -> dict[str, list[str]]:
     """Greedy answers of the base and of base + adapter, from one vLLM engine."""
     models = {"base": None, "tuned": adapter_dir}
-    return generate_with_adapters(base_path, models, tokenizer, chats, max_new_tokens, lora_rank)
+    answers = generate_with_adapters(base_path, models, tokenizer, {"test": chats}, max_new_tokens, lora_rank, cache)
+    return {name: by_set["test"] for name, by_set in answers.items()}
 
 
 def generate_with_adapters(
     base_path: str,
     models: dict[str, Path | None],
     tokenizer: Any,
-    chats: list[Example],
+    sets: dict[str, list[Example]],
     max_new_tokens: int,
     lora_rank: int,
-) -> dict[str, list[str]]:
-    """Greedy answers of each named model (an adapter folder, or None for the base) from one vLLM engine."""
+    cache: AnswerCache,
+) -> dict[str, dict[str, list[str]]]:
+    """Greedy answers of each named model (an adapter folder, or None for the base) on each named set of chats,
+    {model: {set: answers}}; those in `cache` are taken from it, and one vLLM engine generates the rest."""
+    import vllm
+
+    prompts = {
+        name: [
+            list(tokenizer.encode(render_chat(tokenizer, example.chat(with_answer=False)), add_special_tokens=False))
+            for example in chats
+        ]
+        for name, chats in sets.items()
+        if chats
+    }
+    answers: dict[str, dict[str, list[str]]] = {model: {name: [] for name in sets} for model in models}
+    missing: list[tuple[str, str, str]] = []
+    for model, folder in models.items():
+        digest = adapter_digest(folder)
+        for name, ids in prompts.items():
+            key = cache.key(vllm.__version__, base_path, digest, ids, max_new_tokens, lora_rank)
+            found = cache.get(key)
+            if found is not None and len(found) == len(ids):
+                answers[model][name] = found
+            else:
+                missing.append((model, name, key))
+    if not missing:
+        return answers
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
     from training.offline_vllm import offline_llm
 
-    prompts = [
-        list(tokenizer.encode(render_chat(tokenizer, example.chat(with_answer=False)), add_special_tokens=False))
-        for example in chats
-    ]
-    longest = max(len(prompt) for prompt in prompts) + max_new_tokens
+    longest = max(len(prompt) for ids in prompts.values() for prompt in ids) + max_new_tokens
     with offline_llm(base_path, max_model_len=longest, lora_rank=lora_rank) as engine:
         params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
-        inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts]
-        answers = {}
-        for lora_id, (name, folder) in enumerate(models.items(), start=1):
-            adapter = LoRARequest(name, lora_id, str(folder)) if folder is not None else None
+        lora_ids = {model: number for number, model in enumerate(models, start=1)}
+        for model, name, key in missing:
+            folder = models[model]
+            adapter = LoRARequest(model, lora_ids[model], str(folder)) if folder is not None else None
+            inputs = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts[name]]
             outputs = engine.generate(inputs, params, lora_request=adapter, use_tqdm=False)
-            answers[name] = [output.outputs[0].text for output in outputs]
+            answers[model][name] = [output.outputs[0].text for output in outputs]
+            cache.put(key, answers[model][name])
     return answers

@@ -12,6 +12,7 @@ from adapters.base_models import local_model_folder, resolve_base_model
 from adapters.datafiles.readers import read_rows
 from adapters.datafiles.shapes import detect_shape, to_examples
 from adapters.settings import Settings
+from training.answer_cache import AnswerCache
 from training.evaluate import evaluate_adapter
 from training.report import write_eval_report
 
@@ -51,7 +52,13 @@ def evaluate_folder(
     rank = json.loads((adapter_dir / "adapter_config.json").read_text())["r"]
     console.print(f"evaluating {adapter_dir} over {base_ref} on {len(examples)} examples from {data}")
     result = evaluate_adapter(
-        str(base_folder), adapter_dir, tokenizer, examples, max_new_tokens=max_new_tokens, lora_rank=rank
+        str(base_folder),
+        adapter_dir,
+        tokenizer,
+        examples,
+        max_new_tokens=max_new_tokens,
+        lora_rank=rank,
+        cache=AnswerCache(settings.cache_dir / "answers"),
     )
     report_dir = out or (target if run_config.is_file() else adapter_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.records import VersionView
 from adapters.settings import Settings
 from adapters.store import fsync_dir, fsync_tree, write_atomic
+from training.answer_cache import AnswerCache
 from training.config import ConfigError, TrainConfig
 from training.data.prepare import DataReport, PreparedData, prepare_data
 from training.data.tokenize import Encoded, check_stop_token, encode, render_sample
@@ -108,6 +109,7 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
             prepared.splits["test"],
             max_new_tokens=config.eval_max_new_tokens,
             lora_rank=_trained_rank(partial),
+            cache=AnswerCache(settings.cache_dir / "answers"),
         )
         evaluation = result.to_json()
         summary = {"adapter": config.register_as or run_dir.name, "base_model": config.base_model, "steps": steps}

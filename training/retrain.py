@@ -36,6 +36,7 @@ from adapters.promotion import COMPARISON, current_prod
 from adapters.records import AliasTarget, VersionView
 from adapters.settings import Settings
 from adapters.sources import stage_source
+from training.answer_cache import AnswerCache
 from training.config import ConfigError, TrainConfig, load_config
 from training.metrics import task_metrics
 from training.profiling import profile_training_data
@@ -221,7 +222,8 @@ def compare(
     max_new_tokens: int,
     settings: Settings,
 ) -> dict[str, Any]:
-    """Prod's and the candidate's task metric on each evaluation set (greedy answers from one vLLM engine)."""
+    """Prod's and the candidate's task metric on each evaluation set (greedy answers from one vLLM engine; prod's
+    answers on a set it was evaluated on before come from the answer cache)."""
     from transformers import AutoTokenizer
 
     from training.evaluate import generate_with_adapters
@@ -233,19 +235,14 @@ def compare(
         hub.close()
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     examples = {name: load_examples(path) for name, path in sets.items() if path}
-    everything = [example for items in examples.values() for example in items]
     rank = max(prod.rank, int(json.loads((candidate_dir / "adapter_config.json").read_text())["r"]))
-    answers = generate_with_adapters(
-        base_folder, {"prod": prod_dir, "candidate": candidate_dir}, tokenizer, everything, max_new_tokens, rank
-    )
+    models: dict[str, Path | None] = {"prod": prod_dir, "candidate": candidate_dir}
+    cache = AnswerCache(settings.cache_dir / "answers")
+    answers = generate_with_adapters(base_folder, models, tokenizer, examples, max_new_tokens, rank, cache)
     result: dict[str, Any] = {"sets": {}}
-    start = 0
     for name, items in examples.items():
         references = [example.answer for example in items]
-        scores = {
-            model: task_metrics(answers[model][start : start + len(items)], references)
-            for model in ("prod", "candidate")
-        }
+        scores = {model: task_metrics(answers[model][name], references) for model in models}
         metric = scores["prod"]["main"]
         result["sets"][name] = {
             "metric": metric,
@@ -253,7 +250,6 @@ def compare(
             "prod": scores["prod"][metric],
             "candidate": scores["candidate"][metric],
         }
-        start += len(items)
     return result
 
 

@@ -178,7 +178,19 @@ def test_gc_removes_stale_leftovers_of_every_kind_and_never_fresh_ones(hub: Hub,
     teacher = home / "cache" / "teachers" / ".abc.json.x2.partial"
     teacher.parent.mkdir(parents=True)
     teacher.write_text("{")
-    leftovers = [staging, orphan, partial_upload, unreferenced_file, run / ".adapter.partial", cut_short, teacher]
+    answers = home / "cache" / "answers" / ".def.json.x3.partial"
+    answers.parent.mkdir(parents=True)
+    answers.write_text('["half')
+    leftovers = [
+        staging,
+        orphan,
+        partial_upload,
+        unreferenced_file,
+        run / ".adapter.partial",
+        cut_short,
+        teacher,
+        answers,
+    ]
 
     assert gc.scan(hub, grace_s=600) == []  # all fresh: maybe a live upload, registration or training run
     make_old(*leftovers, finished, run / ".run.json.x1.partial")
@@ -192,6 +204,7 @@ def test_gc_removes_stale_leftovers_of_every_kind_and_never_fresh_ones(hub: Hub,
         (gc.PARTIAL_OUTPUT, run / ".run.json.x1.partial"),
         (gc.PARTIAL_OUTPUT, cut_short),
         (gc.PARTIAL_OUTPUT, teacher),
+        (gc.PARTIAL_OUTPUT, answers),
     }
     assert all(f.removable for f in found)
     assert len(gc.remove(hub, found, grace_s=600)) == len(found)

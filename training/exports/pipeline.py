@@ -82,7 +82,7 @@ class Workspace:
                 ]
             ).encode()
         ).hexdigest()[:24]
-        cached = self.hub.settings.home / "cache" / "teachers" / f"{key}.json"
+        cached = self.hub.settings.cache_dir / "teachers" / f"{key}.json"
         if cached.is_file():
             return Measurement.model_validate_json(cached.read_text())
         self.progress("measuring the teacher (base + adapter in vLLM)")
