@@ -12,9 +12,9 @@ from adapters.base_models import local_model_folder, resolve_base_model
 from adapters.datafiles.readers import read_rows
 from adapters.datafiles.shapes import detect_shape, to_examples
 from adapters.settings import Settings
-from training.answer_cache import AnswerCache
 from training.evaluate import evaluate_adapter
 from training.report import write_eval_report
+from training.result_cache import ResultCache
 
 
 class EvaluationError(ValueError):
@@ -58,7 +58,7 @@ def evaluate_folder(
         examples,
         max_new_tokens=max_new_tokens,
         lora_rank=rank,
-        cache=AnswerCache(settings.cache_dir / "answers"),
+        cache=ResultCache(settings.cache_dir / "answers"),
     )
     report_dir = out or (target if run_config.is_file() else adapter_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

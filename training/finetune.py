@@ -27,7 +27,6 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.records import VersionView
 from adapters.settings import Settings
 from adapters.store import fsync_dir, fsync_tree, write_atomic
-from training.answer_cache import AnswerCache
 from training.config import ConfigError, TrainConfig
 from training.data.prepare import DataReport, PreparedData, prepare_data
 from training.data.tokenize import Encoded, check_stop_token, encode, render_sample
@@ -35,6 +34,7 @@ from training.dpo import dpo_trainer
 from training.evaluate import evaluate_adapter
 from training.model_card import write_manifest, write_model_card
 from training.report import write_eval_report
+from training.result_cache import ResultCache
 from training.sft import sft_trainer
 from training.trainer_args import CHECKPOINTS
 
@@ -109,7 +109,7 @@ def run_finetune(config: TrainConfig, settings: Settings, console: Console, *, r
             prepared.splits["test"],
             max_new_tokens=config.eval_max_new_tokens,
             lora_rank=_trained_rank(partial),
-            cache=AnswerCache(settings.cache_dir / "answers"),
+            cache=ResultCache(settings.cache_dir / "answers"),
         )
         evaluation = result.to_json()
         summary = {"adapter": config.register_as or run_dir.name, "base_model": config.base_model, "steps": steps}

@@ -36,10 +36,10 @@ from adapters.promotion import COMPARISON, current_prod
 from adapters.records import AliasTarget, VersionView
 from adapters.settings import Settings
 from adapters.sources import stage_source
-from training.answer_cache import AnswerCache
 from training.config import ConfigError, TrainConfig, load_config
 from training.metrics import task_metrics
 from training.profiling import profile_training_data
+from training.result_cache import ResultCache
 
 ORIGINAL_DATA = "original_data"
 """Version metadata key: the first run's {"train", "validation", "test"} split files, inherited by retrains."""
@@ -237,7 +237,7 @@ def compare(
     examples = {name: load_examples(path) for name, path in sets.items() if path}
     rank = max(prod.rank, int(json.loads((candidate_dir / "adapter_config.json").read_text())["r"]))
     models: dict[str, Path | None] = {"prod": prod_dir, "candidate": candidate_dir}
-    cache = AnswerCache(settings.cache_dir / "answers")
+    cache = ResultCache(settings.cache_dir / "answers")
     answers = generate_with_adapters(base_folder, models, tokenizer, examples, max_new_tokens, rank, cache)
     result: dict[str, Any] = {"sets": {}}
     for name, items in examples.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import signal
 import threading
@@ -18,15 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from adapters.chat_template import render_chat
 from adapters.hub import Hub
 from adapters.records import ArtifactView
 from adapters.settings import Settings
-from adapters.store import write_atomic
 from training.exports.distill import DistillConfig
 from training.exports.measure import Measurement, MeasureSpec, measure
 from training.exports.report import build_report, side, token_agreement, write_report
 from training.exports.source import ExportError, ExportOptions, ExportSource, Progress, open_source, train_split
+from training.result_cache import ResultCache, base_identity
 
 MEASURE_REVISION = 2
 """Part of the teacher cache key: 2 = measured in float32 on the CPU (1 measured in the model's bfloat16)."""
@@ -71,24 +72,19 @@ class Workspace:
 
     def teacher(self) -> Measurement:
         """Base + adapter in vLLM, measured once per adapter content, prompts and answer length (cached)."""
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    MEASURE_REVISION,
-                    str(self.source.base_folder),
-                    self.source.version.sha256,
-                    self.prompts,
-                    self.options.max_new_tokens,
-                ]
-            ).encode()
-        ).hexdigest()[:24]
-        cached = self.hub.settings.cache_dir / "teachers" / f"{key}.json"
-        if cached.is_file():
-            return Measurement.model_validate_json(cached.read_text())
+        cache = ResultCache(self.hub.settings.cache_dir / "teachers")
+        key = cache.key(
+            MEASURE_REVISION,
+            base_identity(self.source.base_folder),
+            self.source.version.sha256,
+            self.prompts,
+            self.options.max_new_tokens,
+        )
+        with contextlib.suppress(ValidationError):
+            return Measurement.model_validate(cache.get(key))
         self.progress("measuring the teacher (base + adapter in vLLM)")
         measured = self.measure("vllm", self.source.base_folder, self.source.adapter_dir)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cached, measured.model_dump_json())
+        cache.put(key, measured.model_dump(mode="json"))
         return measured
 
     def answers(self, measured: Measurement) -> list[str]:

@@ -1,5 +1,6 @@
-"""The evaluation answer cache: what its key follows and ignores, and generation that starts no engine when every
-answer is cached (the base path here is no model at all, so an engine start would fail)."""
+"""The result cache (evaluation answers, export teachers): what its keys follow and ignore, and answer generation
+that starts no engine when every answer is cached (the base path here is no model at all, so an engine start would
+fail)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from adapters.chat_template import render_chat
 from adapters.datafiles.shapes import Example
 from adapters.fingerprint import BaseModelSpec
 from tests.adapter_factory import write_adapter
-from training.answer_cache import AnswerCache, adapter_digest
-from training.evaluate import generate_with_adapters
+from training.evaluate import ANSWERS_REVISION, generate_with_adapters
+from training.result_cache import ResultCache, adapter_digest, base_identity
 
 PROMPTS = [[1, 2, 3], [4, 5]]
 
@@ -30,23 +31,23 @@ def test_the_key_follows_engine_base_adapter_prompts_length_and_rank(tmp_path: P
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text("{}")
-    cache = AnswerCache(tmp_path / "cache")
-    key = cache.key("0.1", str(base), "adapter", PROMPTS, 32, 16)
-    assert cache.key("0.1", str(base), "adapter", PROMPTS, 32, 16) == key
+    cache = ResultCache(tmp_path / "cache")
+    key = cache.key("0.1", base_identity(base), "adapter", PROMPTS, 32, 16)
+    assert cache.key("0.1", base_identity(base), "adapter", PROMPTS, 32, 16) == key
     others = {
-        cache.key("0.2", str(base), "adapter", PROMPTS, 32, 16),
-        cache.key("0.1", str(base), "another", PROMPTS, 32, 16),
-        cache.key("0.1", str(base), "adapter", PROMPTS[:1], 32, 16),
-        cache.key("0.1", str(base), "adapter", PROMPTS, 16, 16),
-        cache.key("0.1", str(base), "adapter", PROMPTS, 32, 32),
+        cache.key("0.2", base_identity(base), "adapter", PROMPTS, 32, 16),
+        cache.key("0.1", base_identity(base), "another", PROMPTS, 32, 16),
+        cache.key("0.1", base_identity(base), "adapter", PROMPTS[:1], 32, 16),
+        cache.key("0.1", base_identity(base), "adapter", PROMPTS, 16, 16),
+        cache.key("0.1", base_identity(base), "adapter", PROMPTS, 32, 32),
     }
     (base / "config.json").write_text('{"changed": true}')
-    others.add(cache.key("0.1", str(base), "adapter", PROMPTS, 32, 16))
+    others.add(cache.key("0.1", base_identity(base), "adapter", PROMPTS, 32, 16))
     assert key not in others and len(others) == 6
 
 
 def test_stored_answers_come_back_and_a_damaged_entry_counts_as_missing(tmp_path: Path) -> None:
-    cache = AnswerCache(tmp_path / "cache")
+    cache = ResultCache(tmp_path / "cache")
     assert cache.get("k") is None
     cache.put("k", ["one", "two"])
     assert cache.get("k") == ["one", "two"]
@@ -63,14 +64,16 @@ def test_generation_answers_from_the_cache_without_an_engine(
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     chats = [Example(line, messages=(("user", f"ticket {line}"), ("assistant", "{}"))) for line in (1, 2)]
-    cache = AnswerCache(tmp_path / "cache")
+    cache = ResultCache(tmp_path / "cache")
     models: dict[str, Path | None] = {"prod": adapter, "base": None}
     ids = [
         demo_tokenizer.encode(render_chat(demo_tokenizer, ex.chat(with_answer=False)), add_special_tokens=False)
         for ex in chats
     ]
     for model, folder in models.items():
-        key = cache.key(vllm.__version__, str(not_a_model), adapter_digest(folder), ids, 8, 16)
+        key = cache.key(
+            ANSWERS_REVISION, vllm.__version__, base_identity(not_a_model), adapter_digest(folder), ids, 8, 16
+        )
         cache.put(key, [f"{model} answer {ex.line}" for ex in chats])
 
     answers = generate_with_adapters(str(not_a_model), models, demo_tokenizer, {"test": chats}, 8, 16, cache)
