@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 
 from adapters.fingerprint import BaseModelSpec
+from tests.early_start import EarlyStarts, next_launching_module
 from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter, make_tiny_model, run_loradock
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
@@ -118,6 +120,35 @@ def _start_the_session_server_early(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
+def early_starts() -> Iterator[EarlyStarts]:
+    starts = EarlyStarts()
+    try:
+        yield starts
+    finally:
+        starts.close()
+
+
+EARLY_START_ROOM = 12 << 30
+"""Memory that must be available for a module's servers to start while the module before runs: room for two
+more vLLM stacks (API process, engine core and worker hold about 4.5 GB together) and a margin. With less, they
+start when their module begins, as they would without early starts."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _launch_the_next_modules_servers(request: pytest.FixtureRequest, early_starts: EarlyStarts) -> None:
+    """As a module begins, the next module with servers of its own starts them (`tests/early_start.py`)."""
+    following = next_launching_module(request.session.items, request.module)
+    if following is not None and psutil.virtual_memory().available >= EARLY_START_ROOM:
+        early_starts.start(following, request)
+
+
+@pytest.fixture(scope="module")
+def launched(request: pytest.FixtureRequest, early_starts: EarlyStarts) -> object:
+    """What this module's `launch` started, early or now; stopped when the module ends."""
+    return early_starts.take(request)
+
+
+@pytest.fixture(scope="session")
 def demo_server(demo_server_process: ServerProcess) -> ServerProcess:
     """One real server for the session (`demo_server_process`), ready."""
     demo_server_process.wait_ready()
@@ -125,16 +156,21 @@ def demo_server(demo_server_process: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def demo_hub_server(demo_training: tuple[Path, Path]) -> Iterator[ServerProcess]:
+def demo_hub_server_process(demo_training: tuple[Path, Path]) -> Iterator[ServerProcess]:
     """A server over the demo hub (support-tickets@1, the base by name), as `make demo` serves it: the export tests
     download what they registered from it, and the production-loop test sends it traffic, then retrains and
-    promotes beside it."""
+    promotes beside it. Started, not waited for: the first export runs while it starts."""
     server = ServerProcess(demo_training[0], ["--base-model", DEMO_MODEL], env=SERVER_ENV)
     try:
-        server.wait_ready()
         yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="session")
+def demo_hub_server(demo_hub_server_process: ServerProcess) -> ServerProcess:
+    demo_hub_server_process.wait_ready()
+    return demo_hub_server_process
 
 
 @pytest.fixture(scope="session")

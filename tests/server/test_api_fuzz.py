@@ -42,38 +42,41 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 ADAPTER = "fuzzed"
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
-) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
+def launch(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     """A server of its own (fuzzing registers, deletes and uploads junk) over the 2-layer tiny model, so that the
-    valid generations are quick, with output capped at 16 tokens; plus what exists on it to aim at."""
+    valid generations are quick, with output capped at 16 tokens (`tests/early_start.py`)."""
     env = {**SERVER_ENV, "LORADOCK_MAX_OUTPUT_TOKENS": "16", "LORADOCK_MAX_N": "2", "LORADOCK_DRIFT": "false"}
-    home = tmp_path_factory.mktemp("fuzz-home")
-    server = ServerProcess(home, ["--base-model", str(tiny_model)], env=env)
+    home = request.getfixturevalue("tmp_path_factory").mktemp("fuzz-home")
+    server = ServerProcess(home, ["--base-model", str(request.getfixturevalue("tiny_model"))], env=env)
     try:
-        server.wait_ready()
-        folder = write_adapter(home / "adapter", BaseModelSpec.from_folder(tiny_model), seed=3)
-        assert upload_adapter(server.url, ADAPTER, adapter_files(folder)).status_code == 201
-        rows = "".join(
-            json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
-            + "\n"
-            for i in range(12)
-        )
-        uploaded = httpx.post(
-            f"{server.url}/v1/files", files={"file": ("train.jsonl", rows)}, data={"purpose": "fine-tune"}, timeout=60
-        )
-        assert uploaded.status_code == 200, uploaded.text
-        existing = {
-            "name": ADAPTER,
-            "version": 1,
-            "alias": "live",
-            "file_id": uploaded.json()["id"],
-            "models": [tiny_model.name, ADAPTER, f"{ADAPTER}@1"],
-        }
-        yield server, existing
+        yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(launched: ServerProcess, tiny_model: Path) -> tuple[ServerProcess, dict[str, Any]]:
+    """The module's server, ready, and what exists on it to aim at."""
+    server = launched
+    server.wait_ready()
+    folder = write_adapter(server.home / "adapter", BaseModelSpec.from_folder(tiny_model), seed=3)
+    assert upload_adapter(server.url, ADAPTER, adapter_files(folder)).status_code == 201
+    rows = "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n"
+        for i in range(12)
+    )
+    uploaded = httpx.post(
+        f"{server.url}/v1/files", files={"file": ("train.jsonl", rows)}, data={"purpose": "fine-tune"}, timeout=60
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    existing = {
+        "name": ADAPTER,
+        "version": 1,
+        "alias": "live",
+        "file_id": uploaded.json()["id"],
+        "models": [tiny_model.name, ADAPTER, f"{ADAPTER}@1"],
+    }
+    return server, existing
 
 
 def _aimed(operation: Any, existing: dict[str, Any]) -> st.SearchStrategy[schemathesis.Case]:

@@ -53,8 +53,8 @@ class FaultServer:
         return int(row[0]) if row else 0
 
 
-@pytest.fixture(scope="module")
-def faults(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[FaultServer]:
+def launch(request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, str]]:
+    """The tiny model's server on a fresh PostgreSQL database, with tight limits (`tests/early_start.py`)."""
     with fresh_postgres_database() as url:
         env = {
             **SERVER_ENV,
@@ -65,14 +65,21 @@ def faults(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
             "LORADOCK_MAX_PROMPT_TOKENS": "64",
             "LORADOCK_MAX_OUTPUT_TOKENS": "8",
         }
-        server = ServerProcess(tmp_path_factory.mktemp("faults-home"), ["--base-model", str(tiny_model)], env=env)
+        home = request.getfixturevalue("tmp_path_factory").mktemp("faults-home")
+        server = ServerProcess(home, ["--base-model", str(request.getfixturevalue("tiny_model"))], env=env)
         try:
-            server.wait_ready()
-            # On the API process only, once the engine (which sizes shared memory with ftruncate) has started.
-            resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
-            yield FaultServer(server, url, BaseModelSpec.from_folder(tiny_model))
+            yield server, url
         finally:
             server.terminate()
+
+
+@pytest.fixture(scope="module")
+def faults(launched: tuple[ServerProcess, str], tiny_model: Path) -> FaultServer:
+    server, url = launched
+    server.wait_ready()
+    # On the API process only, once the engine (which sizes shared memory with ftruncate) has started.
+    resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+    return FaultServer(server, url, BaseModelSpec.from_folder(tiny_model))
 
 
 def _error(response: httpx.Response) -> dict[str, object]:

@@ -60,24 +60,29 @@ def environment(home: Path, tiny_model: Path, **extra: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def service(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
-) -> Iterator[tuple[ServerProcess, Worker, dict[str, str], Path]]:
-    """A server with keys required and one worker, both on the tiny base; keys of two tenants."""
-    home = tmp_path_factory.mktemp("ft-home")
-    env = environment(home, tiny_model, LORADOCK_AUTH="on")
+def launch(request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, Worker, dict[str, str], Path]]:
+    """A server with keys required and one worker, both on the tiny base; keys of two tenants
+    (`tests/early_start.py`)."""
+    home = request.getfixturevalue("tmp_path_factory").mktemp("ft-home")
+    env = environment(home, request.getfixturevalue("tiny_model"), LORADOCK_AUTH="on")
     database = open_database(f"sqlite:///{home / 'loradock.db'}")
     keys = {tenant: create_key(database, scope="inference", tenant=tenant)[0] for tenant in ("acme", "globex")}
     database.dispose()
     server = ServerProcess(home, [], env=env)
     worker = Worker(home, env)
     try:
-        server.wait_ready()
         yield server, worker, keys, home
     finally:
         worker.stop()
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def service(
+    launched: tuple[ServerProcess, Worker, dict[str, str], Path],
+) -> tuple[ServerProcess, Worker, dict[str, str], Path]:
+    launched[0].wait_ready()
+    return launched
 
 
 def client(server: ServerProcess, key: str) -> openai.OpenAI:
@@ -227,8 +232,8 @@ def test_two_workers_on_postgresql_run_four_jobs_once_each(tmp_path: Path, tiny_
         server = ServerProcess(home, [], env=env)
         workers: list[Worker] = []
         try:
+            workers = [Worker(home, env), Worker(home, env)]  # they need the database, not the server: start now
             server.wait_ready()
-            workers = [Worker(home, env), Worker(home, env)]
             api = client(server, "unused")
             small = tmp_path / "small.jsonl"
             small.write_text("".join(tickets.read_text().splitlines(keepends=True)[:40]))

@@ -1,42 +1,21 @@
-"""Start-up and shut-down of a real `loradock serve` process: readiness, drain on SIGTERM, clear failures."""
+"""Start-up failures of a real `loradock serve` process: each is refused with a clear message and a non-zero exit.
+(Its drain on SIGTERM is checked on a replica, in `test_replicas_and_auth.py`, as part of a rolling restart.)"""
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.helpers import LORADOCK, BackgroundStream, ServerProcess
+from tests.helpers import LORADOCK, ServerProcess
 
 pytestmark = pytest.mark.integration
-
-
-def test_sigterm_drains_in_flight_streams_then_exits_cleanly(
-    tmp_path: Path, demo_model: Path, test_adapters: dict[str, Path]
-) -> None:
-    server = ServerProcess(tmp_path, ["--base-model", str(demo_model), "--adapter", f"alpha={test_adapters['alpha']}"])
-    try:
-        server.wait_ready()
-        story = [{"role": "user", "content": "Tell me a long story."}]
-        stream = BackgroundStream(server.url, {"model": "alpha", "messages": story, "max_tokens": 64})
-        assert stream.wait_started()
-        server.process.send_signal(signal.SIGTERM)
-        events = stream.finish()
-        exit_code = server.process.wait(60)
-    finally:
-        server.terminate()
-    assert events[-1] == "data: [DONE]", server.log_tail()
-    finish = [json.loads(e[6:])["choices"][0].get("finish_reason") for e in events[1:-1] if '"finish_reason"' in e]
-    assert finish and finish[-1] in {"stop", "length"}
-    # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so the process ends "by SIGTERM".
-    assert exit_code in (0, -signal.SIGTERM), server.log_tail()
-    assert "Application shutdown complete" in server.log_tail()
 
 
 def test_missing_base_model_folder_fails_fast_with_a_clear_message(loradock_home: Path) -> None:
@@ -76,10 +55,10 @@ def test_model_folder_without_weights_is_refused_before_loading(loradock_home: P
     assert "no .safetensors weights" in done.stderr
 
 
-def test_engine_that_cannot_load_the_model_exits_non_zero(loradock_home: Path, tmp_path: Path) -> None:
-    """A folder that looks like a model to loradock but whose weights vLLM cannot load."""
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
+def launch(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A server over a folder that looks like a model to loradock but whose weights vLLM cannot load
+    (`tests/early_start.py`)."""
+    broken = request.getfixturevalue("tmp_path_factory").mktemp("broken-model")
     config = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -93,12 +72,17 @@ def test_engine_that_cannot_load_the_model_exits_non_zero(loradock_home: Path, t
     save_file(
         {"model.layers.0.self_attn.q_proj.weight": np.zeros((8, 8), np.float32)}, str(broken / "model.safetensors")
     )
-    server = ServerProcess(tmp_path, ["--base-model", str(broken)])
+    server = ServerProcess(broken.parent / f"{broken.name}-home", ["--base-model", str(broken)])
     try:
-        deadline = time.monotonic() + 120
-        while server.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert server.process.returncode == 1, server.log_tail()
-        assert "failed to start" in server.log_tail()
+        yield server
     finally:
         server.terminate()
+
+
+def test_engine_that_cannot_load_the_model_exits_non_zero(launched: ServerProcess) -> None:
+    server = launched
+    deadline = time.monotonic() + 120
+    while server.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert server.process.returncode == 1, server.log_tail()
+    assert "failed to start" in server.log_tail()

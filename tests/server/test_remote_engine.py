@@ -67,9 +67,11 @@ def start_remote(home: Path, model: Path, core: int) -> ServerProcess:
     return ServerProcess(home, args, env=env, command=command, ready_path="/health")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Cluster]:
-    """Two remotes and the server in front of them, all started at once (the server waits for the remotes)."""
+def launch(request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, list[ServerProcess]]]:
+    """Two remotes and the server in front of them, all started at once (the server waits for the remotes;
+    `tests/early_start.py`)."""
+    tmp_path_factory = request.getfixturevalue("tmp_path_factory")
+    tiny_model = request.getfixturevalue("tiny_model")
     remotes = [start_remote(tmp_path_factory.mktemp(f"remote-{core}"), tiny_model, core) for core in range(2)]
     args = ["--base-model", str(tiny_model)]
     for remote in remotes:
@@ -77,13 +79,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Itera
     env = {"LORADOCK_DRIFT": "false", "LORADOCK_REMOTE_START_TIMEOUT_S": "300", "LORADOCK_MAX_LORA_RANK": "8"}
     server = ServerProcess(tmp_path_factory.mktemp("front-home"), args, env=env)
     try:
-        for process in [*remotes, server]:
-            process.wait_ready(timeout_s=300)
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
-        yield Cluster(server, remotes, client, tmp_path_factory.mktemp("adapters"))
+        yield server, remotes
     finally:
         for process in [server, *remotes]:
             process.terminate()
+
+
+@pytest.fixture(scope="module")
+def cluster(launched: tuple[ServerProcess, list[ServerProcess]], tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    server, remotes = launched
+    for process in [*remotes, server]:
+        process.wait_ready(timeout_s=300)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+    return Cluster(server, remotes, client, tmp_path_factory.mktemp("adapters"))
 
 
 def holders(cluster: Cluster, name: str) -> list[int]:

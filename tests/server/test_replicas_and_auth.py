@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,11 +26,10 @@ HELLO = [{"role": "user", "content": "Hello"}]
 CACHE_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    tmp_path_factory: pytest.TempPathFactory, demo_model: Path
-) -> Iterator[tuple[ServerProcess, ServerProcess, dict[str, str]]]:
-    """Replicas A and B (started together), and keys: admin, inference, and a tenant limited to `tenant-a`."""
+def launch(request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, ServerProcess, dict[str, str]]]:
+    """Replicas A and B (started together), and keys: admin, inference, and a tenant limited to `tenant-a`
+    (`tests/early_start.py`)."""
+    demo_model = request.getfixturevalue("demo_model")
     with fresh_postgres_database() as url:
         database = open_database(url)
         keys = {
@@ -42,7 +43,7 @@ def cluster(
         revoke_key(database, view.id)
         keys["revoked"] = revoked
         database.dispose()
-        home = tmp_path_factory.mktemp("shared-home")
+        home = request.getfixturevalue("tmp_path_factory").mktemp("shared-home")
         env = {
             **SERVER_ENV,
             "LORADOCK_DATABASE_URL": url,
@@ -51,12 +52,19 @@ def cluster(
         }
         replicas = [ServerProcess(home, ["--base-model", str(demo_model)], env=env) for _ in range(2)]
         try:
-            for replica in replicas:
-                replica.wait_ready()
             yield replicas[0], replicas[1], keys
         finally:
             for replica in replicas:
                 replica.terminate()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    launched: tuple[ServerProcess, ServerProcess, dict[str, str]],
+) -> tuple[ServerProcess, ServerProcess, dict[str, str]]:
+    for replica in launched[:2]:
+        replica.wait_ready()
+    return launched
 
 
 def openai_client(server: ServerProcess, key: str) -> openai.OpenAI:
@@ -217,7 +225,7 @@ def test_a_keys_rate_and_concurrency_limits_are_429_with_retry_after(cluster) ->
 
 
 def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
-    """Last: it reads what every test before it made the replicas log and store."""
+    """Near the end: it reads what every test before it made the replicas log and store."""
     a, b, keys = cluster
     key = keys["inference"]
     httpx.get(f"{a.url}/v1/models?api_key={key}", headers={"Authorization": f"Bearer {key}"})
@@ -232,3 +240,28 @@ def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
     for secret in keys.values():
         assert secret not in logs and secret[4:] not in logs
         assert secret not in stored
+
+
+def test_a_replica_stopped_by_sigterm_finishes_its_streams_while_the_other_serves(
+    cluster, demo_base: BaseModelSpec, tmp_path: Path
+) -> None:
+    """Last (it stops replica A): a rolling restart as an orchestrator runs one, with an adapter's stream in flight."""
+    a, b, keys = cluster
+    folder = write_adapter(tmp_path / "draining", demo_base, seed=9)
+    assert upload_adapter(a.url, "draining", adapter_files(folder), api_key=keys["admin"]).status_code == 201
+    story = {"model": "draining", "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 64}
+    stream = BackgroundStream(a.url, story, headers={"Authorization": f"Bearer {keys['inference']}"})
+    assert stream.wait_started()
+    a.process.send_signal(signal.SIGTERM)
+    meanwhile = openai_client(b, keys["inference"]).chat.completions.create(
+        model="draining", messages=HELLO, max_tokens=2
+    )
+    events = stream.finish()
+    exit_code = a.process.wait(60)
+    assert meanwhile.model == "draining@1"
+    assert events[-1] == "data: [DONE]", a.log_tail()
+    finish = [json.loads(e[6:])["choices"][0].get("finish_reason") for e in events[1:-1] if '"finish_reason"' in e]
+    assert finish and finish[-1] in {"stop", "length"}
+    # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so the process ends "by SIGTERM".
+    assert exit_code in (0, -signal.SIGTERM), a.log_tail()
+    assert "Application shutdown complete" in a.log_tail()

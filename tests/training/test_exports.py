@@ -88,7 +88,7 @@ def block_sizes(home: Path, label: str) -> set[int]:
 
 
 def test_merged_export_keeps_parity_and_vllm_serves_it_like_base_plus_adapter(
-    home: Path, demo_hub_server: ServerProcess
+    home: Path, demo_hub_server_process: ServerProcess
 ) -> None:
     done = loradock(home, "export", "merged", f"{ADAPTER}@1")
     assert "registered merged" in done.stdout
@@ -112,7 +112,8 @@ def test_merged_export_keeps_parity_and_vllm_serves_it_like_base_plus_adapter(
 
     shown = loradock(home, "adapters", "show", ADAPTER).stdout
     assert artifact.id in shown and "merged" in shown
-    url = demo_hub_server.url  # started before the export: it finds what was registered since
+    demo_hub_server_process.wait_ready()  # started before the export: it finds what was registered since
+    url = demo_hub_server_process.url
     version = httpx.get(f"{url}/v1/adapters/{ADAPTER}/versions/1", timeout=30).json()
     assert [a["id"] for a in version["artifacts"]] == [artifact.id]
     download = httpx.get(f"{url}/v1/adapters/{ADAPTER}/versions/1/artifacts/{artifact.id}/download", timeout=120)

@@ -37,7 +37,17 @@ def train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
 
 
 def test_data_file_to_registered_adapter_served_by_the_real_server(tiny_model: Path, tmp_path: Path) -> None:
+    """The server is up before training, as in production: it serves what training registers without a restart."""
     home = tmp_path / "home"
+    server = ServerProcess(home, ["--base-model", str(tiny_model)])
+    try:
+        trained_and_served(server, tiny_model, tmp_path)
+    finally:
+        server.terminate()
+
+
+def trained_and_served(server: ServerProcess, tiny_model: Path, tmp_path: Path) -> None:
+    home = server.home
     data = write_dataset(tmp_path / "tickets.jsonl", count=240)
     run = tmp_path / "run"
     done = train(
@@ -110,17 +120,13 @@ def test_data_file_to_registered_adapter_served_by_the_real_server(tiny_model: P
     second = hub.registry.get_version("tiny-tickets", 2)
     hub.close()
     assert second.metadata["parent"] == "tiny-tickets@1"
-    server = ServerProcess(home, ["--base-model", str(tiny_model)])
-    try:
-        server.wait_ready()
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        for model in ("tiny-tickets@1", "tiny-tickets"):
-            reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "My order #123 is late."}], max_tokens=8
-            )
-            assert reply.model == ("tiny-tickets@1" if model.endswith("@1") else "tiny-tickets@2")
-    finally:
-        server.terminate()
+    server.wait_ready()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    for model in ("tiny-tickets@1", "tiny-tickets"):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "My order #123 is late."}], max_tokens=8
+        )
+        assert reply.model == ("tiny-tickets@1" if model.endswith("@1") else "tiny-tickets@2")
 
 
 def _adapter_tensors(run: Path) -> dict[str, Any]:
