@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/loradock models fetch-demo
-	@# The demo task (about 8 minutes on 2 CPU cores, once): support tickets -> JSON, registered as support-tickets.
+	@# The demo task (3 to 8 minutes on 2 CPU cores, once): support tickets -> JSON, registered as support-tickets.
 	$(BIN)/loradock train --config training/configs/demo_support_tickets.yaml --register support-tickets --skip-if-registered
 	@echo
 	@echo "Once the server says it is ready, ask the base and the tuned adapter the same thing:"

@@ -1,4 +1,4 @@
-"""The shipped demo task on SmolLM2 (about 10 minutes on 2 cores): from near zero to at least 0.8. Its duration is
+"""The shipped demo task on SmolLM2 (3 to 8 minutes on 2 cores): from near zero to at least 0.8. Its duration is
 recorded in run.json, not asserted: speed is for benchmarks, not tests."""
 
 from __future__ import annotations
