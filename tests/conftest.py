@@ -15,7 +15,7 @@ import pytest
 
 from adapters.fingerprint import BaseModelSpec
 from tests.early_start import EarlyStarts, next_launching_module
-from tests.helpers import LORADOCK, REPO, LoggedProcess, ServerProcess, make_lora_adapter, make_tiny_model
+from tests.helpers import LORADOCK, REPO, ServerProcess, make_lora_adapter, make_tiny_model, run_loradock
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 
@@ -43,42 +43,28 @@ def test_adapters(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return {name: make_lora_adapter(demo_model, root / name, seed=seed) for name, seed in (("alpha", 1), ("beta", 2))}
 
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-"""For a process that runs beside the tests: on two OpenMP threads, each parallel region would wait for the thread
-that lost its core to them (one evaluation of the demo training took 60 s there instead of 10)."""
-
-
 @pytest.fixture(scope="session")
-def demo_training_process(
-    request: pytest.FixtureRequest, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, Path, LoggedProcess]]:
-    """`loradock train` on the shipped demo task, exactly as `make demo` trains it, registering support-tickets@1:
-    (LORADOCK_HOME, run folder, process), started, not waited for.
-
-    When tests that do not need it run first, it trains on one thread beside them: outside the training tests the
-    suite keeps about one core of two busy, and one thread trains about 1.7 times slower than two, so the training
-    is done long before the first test that needs it instead of holding both cores for minutes there."""
+def demo_training(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The shipped demo task trained once per session, exactly as `make demo` trains it, and registered as
+    support-tickets@1: (LORADOCK_HOME, run folder). The demo-task test checks it; the export tests, then the
+    production-loop test, work on its hub."""
     home = tmp_path_factory.mktemp("demo-home")
     (home / "models").symlink_to(demo_model.parent, target_is_directory=True)
     run = home / "run"
-    items = request.session.items
-    first_user = next((i for i, item in enumerate(items) if "demo_training" in getattr(item, "fixturenames", ())), 0)
-    env = {**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200", **(ONE_THREAD if first_user else {})}
-    config = REPO / "training/configs/demo_support_tickets.yaml"
-    args = ["train", "--config", str(config), "--output-dir", str(run), "--register", "support-tickets"]
-    process = LoggedProcess([str(LORADOCK), *args], env, home / "train.log")
-    try:
-        yield home, run, process
-    finally:
-        process.terminate()
-
-
-@pytest.fixture(scope="session")
-def demo_training(demo_training_process: tuple[Path, Path, LoggedProcess]) -> tuple[Path, Path]:
-    """The demo task trained once per session (`demo_training_process`): (LORADOCK_HOME, run folder). The demo-task
-    test checks it; the export tests, then the production-loop test, work on its hub."""
-    home, run, process = demo_training_process
-    assert process.wait(timeout_s=2400) == 0, process.log_tail()
+    done = run_loradock(
+        [
+            "train",
+            "--config",
+            str(REPO / "training/configs/demo_support_tickets.yaml"),
+            "--output-dir",
+            str(run),
+            "--register",
+            "support-tickets",
+        ],
+        env={**os.environ, "LORADOCK_HOME": str(home), "COLUMNS": "200"},
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return home, run
 
 
@@ -125,20 +111,12 @@ def demo_server_process(
         server.terminate()
 
 
-STARTED_WITH_THE_SESSION = {"demo_server": "demo_server_process", "demo_training": "demo_training_process"}
-"""Session fixtures whose processes start with the session when a selected test uses them (fixture -> its
-process's fixture)."""
-
-
 @pytest.fixture(scope="session", autouse=True)
-def _start_session_processes_early(request: pytest.FixtureRequest) -> None:
-    """Start the session server and the demo training with the session when selected tests use them: the server's
-    start (about 30 s, mostly one core importing vLLM in three processes) and the training then overlap with the
-    tests that run before the first one that needs them."""
-    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    for fixture, process in STARTED_WITH_THE_SESSION.items():
-        if fixture in used:
-            request.getfixturevalue(process)
+def _start_the_session_server_early(request: pytest.FixtureRequest) -> None:
+    """Start the session server with the session when a selected test uses it: its start (about 30 s, mostly one
+    core importing vLLM in three processes) then overlaps with the tests that run before the first one that does."""
+    if any("demo_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("demo_server_process")
 
 
 @pytest.fixture(scope="session")

@@ -51,45 +51,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LoggedProcess:
-    """A command in a child process and a process group of its own, its output in a log file for debugging."""
-
-    def __init__(self, command: Sequence[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait(self, timeout_s: float) -> int:
-        """Its exit code; on timeout the whole process group is killed and TimeoutError raised."""
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.terminate()
-            raise TimeoutError(f"{self.process.args} still running after {timeout_s} s:\n{self.log_tail()}") from None
-
-    def terminate(self, timeout_s: float = 60) -> int:
-        """SIGTERM, as an orchestrator sends it; returns the exit code. Whatever is left of its process group
-        afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core and
-        worker processes do, and they would otherwise outlive the test with their gigabytes."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-class ServerProcess(LoggedProcess):
+class ServerProcess:
     """`loradock serve` in a child process, as users run it; its output goes to a log file for debugging.
 
     `command` runs another OpenAI-compatible server instead (the benchmarks start vLLM's own this way), with
@@ -110,8 +72,16 @@ class ServerProcess(LoggedProcess):
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / f"server-{self.port}.log"
         environment = {**os.environ, "LORADOCK_HOME": str(home), **(env or {})}
-        super().__init__([*command, "--port", str(self.port), *args], environment, home / f"server-{self.port}.log")
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *args],
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout_s: float = 240) -> None:
         deadline = time.monotonic() + timeout_s
@@ -125,6 +95,25 @@ class ServerProcess(LoggedProcess):
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM, as an orchestrator sends it; returns the exit code. Whatever is left of its process group
+        afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core and
+        worker processes do, and they would otherwise outlive the test with their gigabytes."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def make_lora_adapter(
