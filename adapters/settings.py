@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
+    cpu_pinned_worker: bool = Field(
+        default=False,
+        description="On vLLM's CPU build, run the model in a worker process pinned to all cores but one, which is kept "
+        "for the engine loop (vLLM's own layout), instead of inside the engine-core process on every core.",
+    )
     enforce_eager: bool = Field(default=False, description="Skip CUDA graph capture (faster start, slower decode).")
     seed: int = 0
     remote_engines: Annotated[list[str], NoDecode] = Field(

@@ -332,6 +332,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the longer profile docs/benchmarks.md reports")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--cpu-pinned-worker",
+        action="store_true",
+        help="on the CPU, both servers run the model in vLLM's pinned worker (README: LORADOCK_CPU_PINNED_WORKER)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     profile = FULL if args.full else SHORT
@@ -342,7 +347,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="loradock-bench-"))
     eight = write_adapters(root / "eight", base, 8, "bench")
     names = list(eight)
-    config = EngineConfig()
+    config = EngineConfig(cpu_pinned_worker=args.cpu_pinned_worker)
     servers = {
         LORADOCK: start_loradock(root / LORADOCK, model, eight, config),
         VLLM: start_vllm(root / VLLM, model, eight, config),

@@ -3,7 +3,8 @@
 loradock runs vLLM's `AsyncLLM` in its own process; the baseline is vLLM's own OpenAI server
 (`python -m vllm.entrypoints.openai.api_server`) over the same folder, with the same adapters loaded at start.
 Both load loradock's CPU LoRA kernels, which vLLM installs in every engine process through its plugin entry point,
-so the engines are the same and only the HTTP layers differ.
+so the engines are the same and only the HTTP layers differ. On the CPU both run the model where loradock runs it
+by default, inside the engine-core process (`server.engine.model_in_engine_core`), or both in vLLM's pinned worker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.engine import IN_ENGINE_CORE
 from tests.helpers import ServerProcess
 
 BASE_NAME = "SmolLM2-135M-Instruct"
@@ -28,6 +30,7 @@ class EngineConfig:
     kv_cache_bytes: int = 1 << 30
     seed: int = 0
     max_concurrent_requests: int = 256
+    cpu_pinned_worker: bool = False
 
 
 def start_loradock(
@@ -46,6 +49,7 @@ def start_loradock(
         "LORADOCK_KV_CACHE_GIB": str(config.kv_cache_bytes / (1 << 30)),
         "LORADOCK_SEED": str(config.seed),
         "LORADOCK_MAX_CONCURRENT_REQUESTS": str(config.max_concurrent_requests),
+        "LORADOCK_CPU_PINNED_WORKER": str(config.cpu_pinned_worker).lower(),
         **(env or {}),
     }
     return ServerProcess(home, args, env=settings)
@@ -80,6 +84,6 @@ def start_vllm(home: Path, model: Path, adapters: dict[str, Path], config: Engin
     ]
     if adapters:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", IN_ENGINE_CORE: "1" if config.cpu_pinned_worker else "0"}
     command = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
     return ServerProcess(home, args, env=env, command=command, ready_path="/health")

@@ -114,7 +114,7 @@ def demo_server_process(
 @pytest.fixture(scope="session", autouse=True)
 def _start_the_session_server_early(request: pytest.FixtureRequest) -> None:
     """Start the session server with the session when a selected test uses it: its start (about 30 s, mostly one
-    core importing vLLM in three processes) then overlaps with the tests that run before the first one that does."""
+    core importing vLLM in two processes) then overlaps with the tests that run before the first one that does."""
     if any("demo_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
         request.getfixturevalue("demo_server_process")
 
@@ -130,7 +130,7 @@ def early_starts() -> Iterator[EarlyStarts]:
 
 EARLY_START_ROOM = 12 << 30
 """Memory that must be available for a module's servers to start while the module before runs: room for two
-more vLLM stacks (API process, engine core and worker hold about 4.5 GB together) and a margin. With less, they
+more vLLM stacks (API process and engine core hold about 4 GB together) and a margin. With less, they
 start when their module begins, as they would without early starts."""
 
 

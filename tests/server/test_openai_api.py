@@ -7,6 +7,7 @@ import json
 import httpx
 import jsonschema
 import openai
+import psutil
 import pytest
 
 from tests.helpers import ServerProcess
@@ -23,6 +24,13 @@ def test_models_lists_base_and_adapters_with_parent(client: openai.OpenAI) -> No
     assert models["alpha"].model_extra["parent"] == BASE
     assert models[BASE].model_extra["parent"] is None
     assert all(model.object == "model" for model in models.values())
+
+
+def test_the_model_runs_inside_the_engine_core_process(demo_server: ServerProcess) -> None:
+    """Without a worker process of its own, pinned to one of two cores on the CPU (`model_in_engine_core`)."""
+    names = [child.name() for child in psutil.Process(demo_server.process.pid).children(recursive=True)]
+    assert any("EngineCor" in name for name in names), names
+    assert not any("Worker" in name for name in names), names
 
 
 def test_converted_demo_model_knows_the_capital_of_france(client: openai.OpenAI) -> None:

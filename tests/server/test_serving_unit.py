@@ -15,7 +15,7 @@ from server.admission import Admission
 from server.app import freeze_startup_heap
 from server.cli import start_without_collector
 from server.drift_monitor import DriftMonitor
-from server.engine import ChoiceDelta
+from server.engine import ChoiceDelta, model_in_engine_core
 from server.errors import ContextLengthExceededError, ServerOverloadedError
 from server.metrics import ServerMetrics
 from server.prompts import PromptBuilder, chat_messages
@@ -119,3 +119,18 @@ def test_the_server_starts_without_the_collector_but_a_forked_engine_process_col
         assert os.read(read, 2) == b"on"
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("options", "cpu", "inside"),
+    [
+        ({}, True, True),
+        ({"cpu_pinned_worker": True}, True, False),
+        ({"tensor_parallel_size": 2}, True, False),
+        ({}, False, False),
+    ],
+)
+def test_the_model_runs_in_the_engine_core_only_for_one_cpu_worker_not_asked_to_be_pinned(
+    options: dict[str, object], cpu: bool, inside: bool, tmp_path: Path
+) -> None:
+    assert model_in_engine_core(Settings(home=tmp_path, **options), cpu=cpu) is inside  # type: ignore[arg-type]
