@@ -98,8 +98,8 @@ class ServerProcess:
 
     def terminate(self, timeout_s: float = 60) -> int:
         """SIGTERM, as an orchestrator sends it; returns the exit code. Whatever is left of its process group
-        afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core and
-        worker processes do, and they would otherwise outlive the test with their gigabytes."""
+        afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core process
+        (and its worker, in vLLM's CPU layout) does, and they would otherwise outlive the test with their gigabytes."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
