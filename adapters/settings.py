@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 SUPPORTED_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
+VLLM_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""vLLM's environment switch: "0" lets its CPU platform keep a single worker inside the engine-core process (and
+runs `vllm.LLM`'s engine core in the caller). `AsyncLLM` starts its engine core as a process of its own whatever it
+says. Kept here so the server and training, which never import each other, name it once."""
 
 
 class Settings(BaseSettings):

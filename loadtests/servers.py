@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.engine import IN_ENGINE_CORE
+from adapters.settings import VLLM_MULTIPROCESSING
 from tests.helpers import ServerProcess
 
 BASE_NAME = "SmolLM2-135M-Instruct"
@@ -84,6 +84,6 @@ def start_vllm(home: Path, model: Path, adapters: dict[str, Path], config: Engin
     ]
     if adapters:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", IN_ENGINE_CORE: "1" if config.cpu_pinned_worker else "0"}
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", VLLM_MULTIPROCESSING: "1" if config.cpu_pinned_worker else "0"}
     command = (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
     return ServerProcess(home, args, env=env, command=command, ready_path="/health")

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from adapters.settings import Settings
+from adapters.settings import VLLM_MULTIPROCESSING, Settings
 from server.errors import AdapterLoadError, EngineNotReadyError, InvalidRequestError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if model_in_engine_core(settings, cpu=_cpu_build()):
-            os.environ[IN_ENGINE_CORE] = "0"
+            os.environ[VLLM_MULTIPROCESSING] = "0"
         args = AsyncEngineArgs(
             model=model,
             served_model_name=served_model_name,
@@ -197,11 +197,6 @@ def _dtype(settings: Settings) -> str:
     if settings.dtype == "auto" and _cpu_build():
         return "float32"
     return settings.dtype
-
-
-IN_ENGINE_CORE = "VLLM_ENABLE_V1_MULTIPROCESSING"
-"""vLLM's switch: "0" lets its CPU platform keep the single worker in the engine-core process. `AsyncLLM` starts
-its engine core as a process of its own whatever the switch says."""
 
 
 def model_in_engine_core(settings: Settings, *, cpu: bool) -> bool:

@@ -23,12 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from adapters.settings import SUPPORTED_LORA_RANKS
+from adapters.settings import SUPPORTED_LORA_RANKS, VLLM_MULTIPROCESSING
 
 KV_CACHE_BYTES = 1 << 30
 MIN_MODEL_LEN = 256
-IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
-"""vLLM's switch: "0" runs the engine core in the caller (and lets the CPU platform keep the worker there too)."""
 
 
 @contextmanager
@@ -45,8 +43,8 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
         rank = min(supported for supported in SUPPORTED_LORA_RANKS if supported >= lora_rank)
         options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
     set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op for its process
-    in_process = os.environ.get(IN_PROCESS)
-    os.environ[IN_PROCESS] = "0"
+    in_process = os.environ.get(VLLM_MULTIPROCESSING)
+    os.environ[VLLM_MULTIPROCESSING] = "0"
     engine = None
     try:
         engine = LLM(
@@ -66,7 +64,7 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
         cleanup_dist_env_and_memory()
         torch.set_num_threads = set_num_threads
         if in_process is None:
-            os.environ.pop(IN_PROCESS, None)
+            os.environ.pop(VLLM_MULTIPROCESSING, None)
         else:
-            os.environ[IN_PROCESS] = in_process
+            os.environ[VLLM_MULTIPROCESSING] = in_process
         gc.collect()
