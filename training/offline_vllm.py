@@ -43,7 +43,7 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
         rank = min(supported for supported in SUPPORTED_LORA_RANKS if supported >= lora_rank)
         options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}
     set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op for its process
-    in_process = os.environ.get(VLLM_MULTIPROCESSING)
+    previous = os.environ.get(VLLM_MULTIPROCESSING)
     os.environ[VLLM_MULTIPROCESSING] = "0"
     engine = None
     try:
@@ -63,8 +63,8 @@ def offline_llm(model: str, *, max_model_len: int, lora_rank: int | None = None)
             del engine
         cleanup_dist_env_and_memory()
         torch.set_num_threads = set_num_threads
-        if in_process is None:
+        if previous is None:
             os.environ.pop(VLLM_MULTIPROCESSING, None)
         else:
-            os.environ[VLLM_MULTIPROCESSING] = in_process
+            os.environ[VLLM_MULTIPROCESSING] = previous
         gc.collect()
