@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     drift_embed_per_s: float = Field(
         default=50.0, gt=0, description="Prompts embedded per second at most (the rest count for length and tokens)."
     )
+    drift_batch_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest a completion waits, while requests are in flight, for the drift thread to take it in a "
+        "batch (0: at once). Drift's work done at once slowed the next request's first token.",
+    )
     drift_queue_size: int = Field(default=10_000, ge=1, description="Completions waiting for the drift thread.")
     drift_snapshot_s: float = Field(
         default=300.0, ge=0, description="Least time between two stored snapshots of a window whose status holds."

@@ -6,6 +6,8 @@ and tells load balancers (through 503 + Retry-After) to send traffic elsewhere.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Gauge
 
 from server.errors import ServerOverloadedError
@@ -16,10 +18,16 @@ class Admission:
         self.limit = limit
         self._in_flight = 0
         self._gauge = gauge
+        self._idle_since: float | None = time.monotonic()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def idle_s(self) -> float:
+        """Seconds since the last request in flight finished; 0 while any is. Read from other threads (drift's)."""
+        since = self._idle_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def acquire(self) -> None:
         """Take a slot or raise ServerOverloadedError; every successful call must be paired with `release`."""
@@ -28,8 +36,11 @@ class Admission:
                 f"The server is at its limit of {self.limit} concurrent requests; retry shortly."
             )
         self._in_flight += 1
+        self._idle_since = None
         self._gauge.set(self._in_flight)
 
     def release(self) -> None:
         self._in_flight -= 1
+        if not self._in_flight:
+            self._idle_since = time.monotonic()
         self._gauge.set(self._in_flight)

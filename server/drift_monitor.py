@@ -1,10 +1,12 @@
 """Drift per adapter version, computed in one background thread from the completions the server answers.
 
-The request path only puts a small record on a bounded queue (`observe`, no waiting). The thread embeds prompts
-in batches (at most `drift_embed_per_s` a second, so a flood of traffic cannot make it eat the CPU the engine
-needs), keeps a count window and a time window per version, evaluates them against the version's reference
-profile every `drift_evaluate_every` completions or `drift_evaluate_s` seconds, and publishes the result: in
-memory for GET /v1/adapters/{name}/drift, as Prometheus gauges, as a log line when a status changes, and as
+The request path only puts a small record on a bounded queue (`observe`, no waiting). The thread takes them in
+batches: while requests are in flight it holds them back until the server is idle, a batch is full or the oldest
+has waited `drift_batch_s`, because work done the moment a completion finished took CPU from the next request's
+prefill. It embeds prompts (at most `drift_embed_per_s` a second, so a flood of traffic cannot make it eat the CPU
+the engine needs), keeps a count window and a time window per version, evaluates them against the version's
+reference profile every `drift_evaluate_every` completions or `drift_evaluate_s` seconds, and publishes the result:
+in memory for GET /v1/adapters/{name}/drift, as Prometheus gauges, as a log line when a status changes, and as
 snapshots in the hub's database (for the history chart and `loradock drift`). A version with no profile is
 profiled from its first `drift_profile_requests` production prompts.
 """
@@ -12,12 +14,14 @@ profiled from its first `drift_profile_requests` production prompts.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +40,9 @@ from server.metrics import ServerMetrics
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+IDLE_S = 0.2
+"""No request in flight for this long: the server is idle, and a held-back batch goes to the drift thread's work."""
+POLL_S = 0.1
 TIME_WINDOW_CAP = 2000
 """Most completions a time window holds (the newest); beyond it the window is a sample of the span."""
 FEEDBACK_WINDOW, FEEDBACK_BASELINE = 50, 500
@@ -83,10 +90,14 @@ class VersionState:
 
 
 class DriftMonitor:
-    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServerMetrics, idle_s: Callable[[], float] = lambda: math.inf
+    ) -> None:
+        """`idle_s`: seconds since the server last had a request in flight (0 while it has one)."""
         self.enabled = settings.drift
         self._settings = settings
         self._metrics = metrics
+        self._idle_s = idle_s
         self.embedder = Embedder(threads=1)
         """Shared with the API's profile building (it takes a lock per call)."""
         self._redactor = Redactor(settings.log_redact, settings.log_redact_patterns)
@@ -98,9 +109,8 @@ class DriftMonitor:
         self._versions: dict[int, VersionState] = {}
         self._lock = threading.Lock()
         """Guards `_versions` between the drift thread and the API's readers."""
-        self._progress = threading.Condition()
-        self._submitted = self._settled = 0
-        self._embed_budget = settings.drift_embed_per_s
+        self._embed_budget = self._embed_burst = max(settings.drift_embed_per_s, BATCH)
+        """A whole held-back batch may be embedded at once; over time no more than `drift_embed_per_s` a second."""
         self._embed_refill = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
@@ -138,17 +148,8 @@ class DriftMonitor:
             self._queue.put_nowait(completion)
         except queue.Full:
             self._metrics.drift_observations.labels("dropped").inc()
-            return
-        with self._progress:
-            self._submitted += 1
 
     # --- readers ----------------------------------------------------------------------------------------
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until every completion observed so far sits in its windows (evaluated or not); False on timeout."""
-        with self._progress:
-            target = self._submitted
-            return self._progress.wait_for(lambda: self._settled >= target, timeout_s)
 
     def versions(self, adapter: str) -> list[VersionDrift]:
         """The live drift of each version of `adapter` this server has served."""
@@ -173,16 +174,10 @@ class DriftMonitor:
     def _run(self) -> None:
         _yield_cpu()
         next_prune = time.monotonic()
+        held: list[Completion] = []
         while not self._stop.is_set():
-            try:
-                batch = [self._queue.get(timeout=0.5)]
-            except queue.Empty:
-                batch = []
-            while batch and len(batch) < BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            held += self._take(BATCH - len(held), POLL_S if held else 0.5)
+            batch, held = (held, []) if held and self._due(held) else ([], held)
             try:
                 if batch:
                     self._add(batch)
@@ -195,9 +190,29 @@ class DriftMonitor:
             finally:
                 if batch:
                     self._metrics.drift_observations.labels("accepted").inc(len(batch))
-                    with self._progress:
-                        self._settled += len(batch)
-                        self._progress.notify_all()
+
+    def _take(self, most: int, timeout_s: float) -> list[Completion]:
+        """Up to `most` queued completions, waiting at most `timeout_s` for the first."""
+        if most <= 0:
+            return []
+        try:
+            taken = [self._queue.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while len(taken) < most:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def _due(self, held: list[Completion]) -> bool:
+        """Whether the held-back completions are processed now."""
+        return (
+            len(held) >= BATCH
+            or self._idle_s() >= IDLE_S
+            or time.time() - held[0].created >= self._settings.drift_batch_s
+        )
 
     def _add(self, batch: list[Completion]) -> None:
         texts = [prompt_text(completion.request) for completion in batch]
@@ -229,7 +244,7 @@ class DriftMonitor:
         """Which prompts of a batch to embed (then no answer): a token bucket of `drift_embed_per_s`."""
         now = time.monotonic()
         rate = self._settings.drift_embed_per_s
-        self._embed_budget = min(rate, self._embed_budget + (now - self._embed_refill) * rate)
+        self._embed_budget = min(self._embed_burst, self._embed_budget + (now - self._embed_refill) * rate)
         self._embed_refill = now
         flags = []
         for _ in range(count):

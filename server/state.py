@@ -53,7 +53,7 @@ class ServerState:
         self.admission = Admission(self.settings.max_concurrent_requests, self.metrics.in_flight)
         self.key_limits = KeyLimits(self.settings)
         self.interaction_log = InteractionLog(self.settings, self.metrics)
-        self.drift = DriftMonitor(self.settings, self.metrics)
+        self.drift = DriftMonitor(self.settings, self.metrics, self.admission.idle_s)
         self.traffic = TrafficHistory(self.metrics)
         self.shadow_slots = asyncio.Semaphore(self.settings.shadow_max_in_flight)
 
