@@ -1,7 +1,10 @@
 """Distillation runs the prefix its rows share once: the same answer logits and student gradients as running every
-row whole, with fewer positions through the model. The teacher's logits of a row are computed once and kept."""
+row whole, with fewer positions through the model. The teacher's logits of a row are computed once and kept, ahead of
+the steps that draw them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -69,3 +72,36 @@ def test_the_teacher_runs_each_row_once_and_its_kept_logits_are_those_of_the_bat
     unkept([0, 1])
     unkept([1, 2])
     assert unkept.computed == 4  # over the budget: computed each time it is drawn
+
+
+class RecordedTeacher(TeacherLogits):
+    """The teacher, with the rows of each of its passes written down."""
+
+    def __init__(self, model: Any, items: list[Encoded], budget_bytes: int) -> None:
+        super().__init__(model, items, budget_bytes)
+        self.passes: list[list[int]] = []
+
+    def _compute(self, rows: list[int]) -> list[Any]:
+        self.passes.append(rows)
+        return super()._compute(rows)
+
+
+def test_the_drawn_rows_are_computed_ahead_shortest_first_until_the_budget_is_spent() -> None:
+    teacher, items = toy_llama().eval(), rows()  # lengths 29, 30 and 28 tokens
+    batch = _batch(items)
+    with torch.no_grad():
+        whole = _answer_logits(teacher, batch.ids, batch.mask, batch.answer, batch.prefix)
+    per_row = torch.split(whole, batch.answer.sum(dim=1).tolist())
+
+    ahead, said = RecordedTeacher(teacher, items, budget_bytes=1 << 20), []
+    ahead.prefetch([1, 0, 1, 2, 0], 2, said.append)
+    assert ahead.passes == [[2, 0], [1]] and said == ["teacher logits: 2/3 rows", "teacher logits: 3/3 rows"]
+    drawn = ahead([1, 2, 0])
+    assert ahead.computed == 3  # the steps find every row computed
+    torch.testing.assert_close(drawn, torch.cat([per_row[1], per_row[2], per_row[0]]), rtol=2e-2, atol=2e-2)
+
+    spent, said = RecordedTeacher(teacher, items, budget_bytes=1), []
+    spent.prefetch([0, 1, 2], 2, said.append)
+    assert spent.passes == [[2, 0]] and said == []  # nothing fits: the rest is left to the steps
+    spent([1, 2])
+    assert spent.computed == 4 and spent.passes[-1] == [1, 2]
