@@ -27,13 +27,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
-from adapters.settings import Settings
 from loadtests.generator import Hook, Run, Workload, freeze_client_heap, pause, run_load
 from loadtests.report import Summary, summarize, write_reports
 from loadtests.scenarios import Churn, Picker, constant, register_all, uniform, workload, write_adapters, zipf
-from loadtests.servers import BASE_NAME, EngineConfig, start_loradock, start_vllm
+from loadtests.servers import BASE_NAME, EngineConfig, configured_base_model, start_loradock, start_vllm
 from loadtests.training_speed import TrainingRun, compare
 from loadtests.vllm_bench import BenchRun, bench_serve
 from tests.helpers import ServerProcess, metric
@@ -341,8 +339,7 @@ def main() -> None:
     args = parser.parse_args()
     profile = FULL if args.full else SHORT
     started = time.perf_counter()
-    settings = Settings()
-    model = Path(resolve_base_model(settings.base_model, settings.models_dir))
+    model = configured_base_model()
     base = BaseModelSpec.from_folder(model)
     root = Path(tempfile.mkdtemp(prefix="loradock-bench-"))
     eight = write_adapters(root / "eight", base, 8, "bench")

@@ -18,14 +18,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
-from adapters.settings import Settings
 from loadtests.bench import SHORT, load, warm_up
 from loadtests.generator import freeze_client_heap
 from loadtests.report import summarize
 from loadtests.scenarios import uniform, write_adapters
-from loadtests.servers import BASE_NAME, EngineConfig, start_loradock
+from loadtests.servers import BASE_NAME, EngineConfig, configured_base_model, start_loradock
 
 EVENT_LOOP_FRAME = "asyncio/runners.py"
 IDLE_FRAME = "select (selectors.py"
@@ -62,8 +60,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    settings = Settings()
-    model = Path(resolve_base_model(settings.base_model, settings.models_dir))
+    model = configured_base_model()
     root = Path(tempfile.mkdtemp(prefix="loradock-profile-"))
     adapters = write_adapters(root / "adapters", BaseModelSpec.from_folder(model), 8, "bench")
     server = start_loradock(root / "server", model, adapters, EngineConfig())

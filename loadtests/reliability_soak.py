@@ -24,14 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
 
-from adapters.base_models import resolve_base_model
 from adapters.fingerprint import BaseModelSpec
-from adapters.settings import Settings
 from loadtests.bench import MemorySampler, warm_up
 from loadtests.generator import Run, pause, run_load
 from loadtests.report import Summary, markdown_table, summarize
 from loadtests.scenarios import Churn, register_all, uniform, workload, write_adapters
-from loadtests.servers import BASE_NAME, EngineConfig, start_loradock
+from loadtests.servers import BASE_NAME, EngineConfig, configured_base_model, start_loradock
 from tests.conftest import fresh_postgres_database
 
 console = Console()
@@ -104,8 +102,7 @@ def soak(minutes: float, out: Path, model: Path | None = None, fill_adapter_cach
     as a leak. Memory growth is then measured from the end of the first quarter of the run.
     """
     if model is None:
-        settings = Settings()
-        model = Path(resolve_base_model(settings.base_model, settings.models_dir))
+        model = configured_base_model()
     base = BaseModelSpec.from_folder(model)
     with tempfile.TemporaryDirectory(prefix="loradock-soak-") as scratch, fresh_postgres_database() as url:
         root = Path(scratch)

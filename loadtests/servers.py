@@ -13,10 +13,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.settings import VLLM_MULTIPROCESSING
+from adapters.base_models import resolve_base_model
+from adapters.settings import VLLM_MULTIPROCESSING, Settings
 from tests.helpers import ServerProcess
 
 BASE_NAME = "SmolLM2-135M-Instruct"
+
+
+def configured_base_model() -> Path:
+    """The folder of the base model loradock's settings name (the demo model unless `LORADOCK_BASE_MODEL` says
+    otherwise): what every benchmark runs on."""
+    settings = Settings()
+    return Path(resolve_base_model(settings.base_model, settings.models_dir))
 
 
 @dataclass(frozen=True, slots=True)
