@@ -98,6 +98,17 @@ def warm_up(server: ServerProcess, models: list[str]) -> None:
     )
 
 
+def ready_and_warm(servers: dict[str, ServerProcess], models: list[str]) -> None:
+    """Wait for every server, warm each with one request per model and freeze the client's heap: what a side-by-side
+    comparison does before its first measured run."""
+    with console.status(f"starting {', '.join(servers)}"):
+        for server in servers.values():
+            server.wait_ready(900)
+    for server in servers.values():
+        warm_up(server, models)
+    freeze_client_heap()
+
+
 def overhead(servers: dict[str, ServerProcess], adapters: list[str], profile: Profile) -> list[Summary]:
     scenarios: dict[str, Picker] = {"base": constant(BASE_NAME), "8 adapters": uniform(adapters)}
     runs: dict[tuple[str, int, str], list[Run]] = {}
@@ -352,12 +363,7 @@ def main() -> None:
     summaries: list[Summary] = []
     client: list[dict[str, Any]] = []
     try:
-        with console.status("starting loradock and vLLM's own server"):
-            for server in servers.values():
-                server.wait_ready(900)
-        for server in servers.values():
-            warm_up(server, [BASE_NAME, *names])
-        freeze_client_heap()
+        ready_and_warm(servers, [BASE_NAME, *names])
         summaries += step("overhead: loradock vs vLLM's server", lambda: overhead(servers, names, profile))
         client = step("vllm bench serve against both", lambda: vllm_client(servers, model, names, profile, args.out))
         servers[VLLM].terminate()

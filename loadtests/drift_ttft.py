@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from adapters.fingerprint import BaseModelSpec
-from loadtests.bench import pooled, warm_up
-from loadtests.generator import Run, freeze_client_heap, run_load
+from loadtests.bench import pooled, ready_and_warm
+from loadtests.generator import Run, run_load
 from loadtests.report import markdown_table, summarize, write_reports
 from loadtests.scenarios import constant, uniform, workload, write_adapters
 from loadtests.servers import BASE_NAME, EngineConfig, configured_base_model, start_loradock, start_vllm
@@ -57,12 +57,7 @@ def main() -> None:
     scenarios = {"8 adapters": uniform(names), "base": constant(BASE_NAME)}
     runs: dict[tuple[str, str], list[Run]] = {}
     try:
-        with console.status("starting three loradock servers and vLLM's own"):
-            for server in servers.values():
-                server.wait_ready(900)
-        for server in servers.values():
-            warm_up(server, [BASE_NAME, *names])
-        freeze_client_heap()
+        ready_and_warm(servers, [BASE_NAME, *names])
         with Progress(console=console) as progress:
             task = progress.add_task("runs at concurrency 1", total=args.rounds * len(scenarios) * len(servers))
             for round_ in range(args.rounds):
