@@ -24,6 +24,8 @@ pytestmark = pytest.mark.integration
 BASE = "tiny-llama"
 HELLO = [{"role": "user", "content": "Hello"}]
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+REMOTE_MODEL_LEN = 2048
+"""The tiny model's whole context: a stream the test hangs up on runs long enough for the abort to arrive first."""
 
 
 @dataclass
@@ -46,7 +48,7 @@ def start_remote(home: Path, model: Path, core: int) -> ServerProcess:
         "--dtype",
         "float32",
         "--max-model-len",
-        "512",
+        str(REMOTE_MODEL_LEN),
         "--enable-lora",
         "--max-lora-rank",
         "8",
@@ -152,17 +154,20 @@ def test_client_hanging_up_aborts_the_request_on_the_remote(cluster: Cluster) ->
         return sum(metric(remote, "vllm:generation_tokens_total") for remote in cluster.remotes)
 
     before = generated()
-    stream = cluster.client.completions.create(model=BASE, prompt="Hi", max_tokens=480, stream=True, **GREEDY)
+    wanted = REMOTE_MODEL_LEN - 8
+    stream = cluster.client.completions.create(model=BASE, prompt="Hi", max_tokens=wanted, stream=True, **GREEDY)
     for count, _ in enumerate(stream):
         if count == 2:
             break
     stream.close()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while (
         sum(metric(remote, "vllm:num_requests_running") for remote in cluster.remotes) and time.monotonic() < deadline
     ):
         time.sleep(0.1)
-    assert 0 < generated() - before < 480  # some tokens came, not all of them
+    # Some tokens came, not all of them. A CI run once saw all of 480 generated: the 2-layer model on a core of its
+    # own made them before the hang-up reached the remote through a front server slowed by a neighbour's start.
+    assert 0 < generated() - before < wanted
 
 
 def test_uploaded_adapter_is_served_at_once_from_exactly_one_remote(cluster: Cluster, tiny_model: Path) -> None:
