@@ -199,6 +199,10 @@ class BackgroundStream:
         return self.events
 
 
+TINY_MODEL_LEN = 2048
+"""The tiny model's context (`max_position_embeddings`)."""
+
+
 def make_tiny_model(tokenizer_source: Path, out: Path, *, seed: int = 0) -> Path:
     """A randomly initialized 2-layer Llama that reuses a real tokenizer and chat template (trains in seconds)."""
     import shutil
@@ -216,7 +220,7 @@ def make_tiny_model(tokenizer_source: Path, out: Path, *, seed: int = 0) -> Path
         num_attention_heads=2,
         num_key_value_heads=1,
         vocab_size=49152,
-        max_position_embeddings=2048,
+        max_position_embeddings=TINY_MODEL_LEN,
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,

@@ -17,15 +17,13 @@ import pytest
 
 from adapters.fingerprint import BaseModelSpec
 from tests.adapter_factory import write_adapter
-from tests.helpers import BackgroundStream, ServerProcess, adapter_files, metric, upload_adapter
+from tests.helpers import TINY_MODEL_LEN, BackgroundStream, ServerProcess, adapter_files, metric, upload_adapter
 
 pytestmark = pytest.mark.integration
 
 BASE = "tiny-llama"
 HELLO = [{"role": "user", "content": "Hello"}]
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
-REMOTE_MODEL_LEN = 2048
-"""The tiny model's whole context: a stream the test hangs up on runs long enough for the abort to arrive first."""
 
 
 @dataclass
@@ -47,8 +45,8 @@ def start_remote(home: Path, model: Path, core: int) -> ServerProcess:
         "127.0.0.1",
         "--dtype",
         "float32",
-        "--max-model-len",
-        str(REMOTE_MODEL_LEN),
+        "--max-model-len",  # the tiny model's whole context: a stream the test hangs up on outlasts the abort
+        str(TINY_MODEL_LEN),
         "--enable-lora",
         "--max-lora-rank",
         "8",
@@ -154,7 +152,7 @@ def test_client_hanging_up_aborts_the_request_on_the_remote(cluster: Cluster) ->
         return sum(metric(remote, "vllm:generation_tokens_total") for remote in cluster.remotes)
 
     before = generated()
-    wanted = REMOTE_MODEL_LEN - 8
+    wanted = TINY_MODEL_LEN - 8
     stream = cluster.client.completions.create(model=BASE, prompt="Hi", max_tokens=wanted, stream=True, **GREEDY)
     for count, _ in enumerate(stream):
         if count == 2:
