@@ -40,6 +40,9 @@ RUN python3 -m pip install ".${LORADOCK_EXTRA}" \
     && useradd --create-home --uid 10001 loradock \
     && mkdir -p /data && chown loradock /data
 USER 10001
+# The drift embedder's ONNX graph (adapters/drift/embedding_model.py), exported into the image once rather than
+# at each container's first start.
+RUN python3 -c "from adapters.drift.features import Embedder; Embedder().load()"
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s CMD ["python3", "-c", "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"LORADOCK_PORT\"]}/ready')"]

@@ -28,7 +28,8 @@ from typing import Any
 
 from adapters.database import Database
 from adapters.drift.checks import DriftDetector, Observation, feedback_check
-from adapters.drift.features import Embedder, EmbedderUnavailableError, is_refusal, prompt_text
+from adapters.drift.embedding_model import EmbedderUnavailableError
+from adapters.drift.features import Embedder, is_refusal, prompt_text
 from adapters.drift.profile import DriftProfile, ReferenceAnswer, build_profile
 from adapters.drift.reports import SEVERITY, CheckResult, Status, VersionDrift, WindowReport, worst
 from adapters.drift.store import DriftStore, SnapshotView
@@ -128,13 +129,14 @@ class DriftMonitor:
     def load_embedder(self) -> None:
         """Load the embedding model before the server reports ready, not at the first completion.
 
-        Loaded then (0.6 s once vLLM's imports are done), its imports held the GIL while the first streams were
-        answered: the event loop fell behind, and a stream's tokens reached the client in one chunk.
+        Loaded then, its imports held the GIL while the first streams were answered: the event loop fell behind,
+        and a stream's tokens reached the client in one chunk.
         """
         if not self.enabled:
             return
         try:
             self.embedder.load()
+            logger.info("drift: embedding model %s loaded", self.embedder.name)
         except EmbedderUnavailableError as exc:  # the server serves on; each batch reports it again
             logger.error("drift: %s", exc)
         except Exception:  # a broken model must not keep the server from turning ready: drift never takes it down
@@ -172,7 +174,7 @@ class DriftMonitor:
     # --- the drift thread -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        _yield_cpu()
+        yield_cpu()
         next_prune = time.monotonic()
         held: list[Completion] = []
         while not self._stop.is_set():
@@ -423,7 +425,7 @@ def _same_time(stored: datetime, built: datetime) -> bool:
     return abs((stored - built).total_seconds()) < 1e-3
 
 
-def _yield_cpu() -> None:
+def yield_cpu() -> None:
     """Give the calling thread the lowest CPU priority (nice 19; on Linux, niceness is per thread).
 
     Embedding prompts is CPU work beside the engine. On the CPU backend vLLM's OpenMP threads wait for each other at

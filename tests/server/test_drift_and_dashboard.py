@@ -142,7 +142,7 @@ def test_the_embedding_model_is_loaded_before_the_server_reports_ready(demo_serv
     """Loaded at the first completion, its imports held the GIL while the first streams were answered, and a
     stream's tokens then reached the client in one chunk."""
     log = demo_server.log_path.read_text()
-    assert log.index("Loading SentenceTransformer model") < log.index("ready: serving"), log[-3000:]
+    assert log.index("drift: embedding model all-MiniLM-L6-v2 loaded") < log.index("ready: serving"), log[-3000:]
 
 
 def test_the_startup_heap_is_frozen_before_the_server_reports_ready(demo_server: ServerProcess) -> None:
@@ -150,7 +150,7 @@ def test_the_startup_heap_is_frozen_before_the_server_reports_ready(demo_server:
     log = demo_server.log_path.read_text()
     frozen = re.search(r"garbage collector: (\d+) startup objects frozen", log)
     assert frozen is not None and int(frozen.group(1)) > 100_000, log[-3000:]
-    assert log.index("Loading SentenceTransformer model") < frozen.start() < log.index("ready: serving")
+    assert log.index("drift: embedding model all-MiniLM-L6-v2 loaded") < frozen.start() < log.index("ready: serving")
 
 
 def test_a_profile_is_not_replaced_by_accident_and_a_bad_sample_is_refused(
