@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.embedder_gil import EMBEDDERS
+from loadtests.embedder_gil import run as embedder_gil
 from loadtests.generator import run_load
 from loadtests.reliability_soak import soak
 from loadtests.report import summarize, write_reports
@@ -76,3 +78,14 @@ def test_training_benchmark_times_both_trainers_on_the_same_examples(tiny_model:
         assert 2 * 8 * 83 <= run.tokens <= 2 * 8 * 123
         assert run.validation_loss > 0
     assert (ours.name, plain.name) == ("loradock", "plain Trainer fp32")
+
+
+def test_embedder_gil_benchmark_measures_each_embedder_beside_busy_cores(tmp_path: Path) -> None:
+    results = embedder_gil(1.5, tmp_path)
+    assert [result.embedder for result in results] == list(EMBEDDERS)
+    for result in results:
+        assert result.wakeups > 50 and 0 <= result.p50_ms <= result.p99_ms <= result.max_ms
+    assert results[0].batches == 0
+    report = json.loads((tmp_path / "embedder_gil.json").read_text())
+    assert [entry["embedder"] for entry in report] == list(EMBEDDERS)
+    assert (tmp_path / "embedder_gil.png").stat().st_size > 1000

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loadtests.bench import LORADOCK, VLLM, goal_table, goals
 from loadtests.generator import Result, Run
-from loadtests.profile_server import event_loop_profile
+from loadtests.profile_server import event_loop_profile, thread_shares
 from loadtests.report import summarize
 from loadtests.training_speed import TrainingRun
 
@@ -25,6 +25,10 @@ def test_profile_keeps_the_busy_event_loop_thread_only(tmp_path: Path) -> None:
     assert profile.samples == 4
     assert profile.inclusive["create_chat_completion (server/serving/chat.py:73)"] == 3
     assert profile.own.most_common(1) == [("PromptBuilder.chat (server/prompts.py:48)", 3)]
+    drift = "_bootstrap (threading.py:1002);DriftMonitor._run (server/drift_monitor.py:180)"
+    with raw.open("a") as stream:
+        stream.write(f"{drift};Embedder.embed (adapters/drift/features.py:88) 7\n")
+    assert thread_shares(raw) == {"event loop": 4, "drift thread": 7, "other": 40}
 
 
 def run(tokens: int, seconds: float, ttft: float, *, model: str = "m", errors: int = 0) -> Run:
