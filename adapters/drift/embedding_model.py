@@ -98,9 +98,14 @@ class EmbeddingModel:
         return unit
 
 
+def cached_graph_path(cache_dir: Path) -> Path:
+    """The graph's file in `cache_dir`: named by the installed wheel's version, so an upgrade exports anew."""
+    return cache_dir / f"{EMBEDDER_NAME}-{metadata.version(WHEEL)}-opset{OPSET}.onnx"
+
+
 def _session(onnxruntime: Any, options: Any, files: Path, cache_dir: Path) -> Any:
     """The cached graph's session; a graph that is missing or does not load is exported (again)."""
-    cached = cache_dir / f"{EMBEDDER_NAME}-{metadata.version(WHEEL)}-opset{OPSET}.onnx"
+    cached = cached_graph_path(cache_dir)
     if cached.is_file():
         try:
             return onnxruntime.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
