@@ -120,7 +120,7 @@ def run_retrain(options: RetrainOptions, settings: Settings, console: Console) -
     )
 
     # --- train -------------------------------------------------------------------------------------------------
-    config = _config(prod, original, options, train_file, run_dir)
+    config = retrain_config(prod, original, options, train_file, run_dir)
     from training.finetune import run_finetune
 
     trained = run_finetune(config, settings, console)
@@ -169,7 +169,7 @@ def _replay_sample(
     return [json.loads(line) for line in rng.sample(lines, count)]
 
 
-def _config(
+def retrain_config(
     prod: VersionView, original: dict[str, str], options: RetrainOptions, train_file: Path, run_dir: Path
 ) -> TrainConfig:
     """Prod's own training settings (from its run folder) with the new data, the schedule and the start point."""

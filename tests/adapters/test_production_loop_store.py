@@ -8,6 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from adapters.database import open_database
 from adapters.errors import ConflictError, InvalidInputError, NotFoundError
@@ -15,6 +17,7 @@ from adapters.feedback import FeedbackFilter, FeedbackInput, FeedbackStore
 from adapters.feedback_export import export_feedback
 from adapters.hub import Hub
 from adapters.interactions import LEARNED_FROM, InteractionRecord, InteractionStore
+from adapters.loop_commands import register_loop_commands
 from adapters.naming import CANDIDATE_ALIAS, DEFAULT_ALIAS, SHADOW_ALIAS
 from adapters.promotion import COMPARISON, promote, rollback
 from adapters.records import AliasTarget
@@ -213,6 +216,40 @@ def test_promotion_needs_passing_gates_and_rollback_is_one_step(hub: Hub, tmp_pa
     registry.set_alias("tickets", CANDIDATE_ALIAS, [AliasTarget(version=stale)], updated_by="t")
     with pytest.raises(ConflictError, match="compared with tickets@3, but prod is now tickets@1"):
         promote(hub, "tickets", margin=0.02)
+
+
+def test_the_promote_command_refuses_a_worse_candidate_with_exit_1_and_rollback_moves_prod_back(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """What `loradock promote` and `loradock rollback` print and return, on the hub's own database."""
+    registry = hub.registry
+    _version(hub, tmp_path, 1)
+    registry.set_alias("tickets", DEFAULT_ALIAS, [AliasTarget(version=1)], updated_by="t")
+    better = _version(hub, tmp_path, 2, _comparison("tickets@1", prod=0.5, candidate=0.9))
+    registry.set_alias("tickets", CANDIDATE_ALIAS, [AliasTarget(version=better)], updated_by="t")
+    app = typer.Typer()
+    register_loop_commands(app)
+    env = {
+        "LORADOCK_HOME": str(hub.settings.home),
+        "LORADOCK_DATABASE_URL": hub.settings.database_url,
+        "LORADOCK_MAX_LORA_RANK": str(hub.settings.max_lora_rank),
+        "COLUMNS": "200",
+    }
+
+    def loradock(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, list(args), env=env)
+        return result.exit_code, result.output
+
+    code, output = loradock("promote", "tickets")
+    assert code == 0 and "promoted: tickets:prod is now tickets@2" in output, output
+    worse = _version(hub, tmp_path, 3, _comparison("tickets@2", prod=0.9, candidate=0.2))
+    registry.set_alias("tickets", CANDIDATE_ALIAS, [AliasTarget(version=worse)], updated_by="t")
+    code, output = loradock("promote", "tickets", "--margin", "0.1")
+    assert code == 1 and "refused" in output and "original_test" in output and "prod unchanged" in output, output
+    assert _prod(hub) == [2]
+    code, output = loradock("rollback", "tickets")
+    assert code == 0 and "tickets:prod is back on v1" in output, output
+    assert _prod(hub) == [1]
 
 
 def test_shadow_period_compares_live_and_candidate_answers_before_promotion(hub: Hub, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The production loop end to end on the demo adapter: real traffic through the server, feedback correcting a
-systematic error, `loradock retrain`, gates, promotion and rollback."""
+systematic error, `loradock retrain`, its comparison with prod, promotion and rollback."""
 
 from __future__ import annotations
 
@@ -50,10 +50,12 @@ def _aliases(home: Path) -> dict[str, list[int]]:
         hub.close()
 
 
-def test_retrain_on_corrections_fixes_the_error_and_only_a_version_that_passes_its_gates_is_promoted(
+def test_retrain_on_corrections_fixes_the_error_and_is_promoted_and_rolled_back_without_a_restart(
     demo_training: tuple[Path, Path], demo_hub_server: ServerProcess
 ) -> None:
-    """On the demo hub, as `make demo` runs the loop: the server keeps serving while the adapter is retrained."""
+    """On the demo hub, as `make demo` runs the loop: the server keeps serving while the adapter is retrained. A
+    candidate's gates refusing it is checked on the store (`tests/adapters/test_production_loop_store.py`), and
+    `--from-scratch` in `tests/training/test_retrain_config.py`: a second retrain here took a minute of the suite."""
     home = demo_training[0]
     counts = send_and_rate(demo_hub_server.url, traffic(break_ins=48, ordinary=16, seed=3))
     assert counts["wrong (corrected)"] >= 30, counts  # the systematic error: calm break-ins are not urgent to v1
@@ -81,13 +83,6 @@ def test_retrain_on_corrections_fixes_the_error_and_only_a_version_that_passes_i
     assert promoted.returncode == 0 and "promoted" in promoted.stdout, promoted.stdout
     assert _aliases(home)[DEFAULT_ALIAS] == [2]
     assert _served_as(demo_hub_server, f"{ADAPTER}@2") == f"{ADAPTER}@2"  # no restart
-
-    # A retrain that cannot be good (fresh weights, one step) is registered, but its gates keep it out of prod.
-    weak = _loradock(home, "retrain", ADAPTER, "--from-scratch", "--set", "max_steps=1")
-    assert weak.returncode == 0, weak.stdout[-4000:] + weak.stderr[-4000:]
-    refused = _loradock(home, "promote", ADAPTER)
-    assert refused.returncode == 1 and "refused" in refused.stdout and "original_test" in refused.stdout
-    assert _aliases(home)[DEFAULT_ALIAS] == [2]
 
     back = _loradock(home, "rollback", ADAPTER)
     assert back.returncode == 0, back.stdout
