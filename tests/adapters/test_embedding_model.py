@@ -31,7 +31,7 @@ def reference() -> SentenceTransformer:
 @pytest.fixture(scope="module")
 def cached_graph() -> Path:
     """The graph in the user's cache, as the server loads it: exported there by the first server or drift test of
-    the session, and only checked here (each export takes several seconds)."""
+    the session, and only checked here (each export takes about 2 s)."""
     Embedder().load()
     return cached_graph_path(default_cache_dir())
 

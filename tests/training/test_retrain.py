@@ -55,7 +55,7 @@ def test_retrain_on_corrections_fixes_the_error_and_is_promoted_and_rolled_back_
 ) -> None:
     """On the demo hub, as `make demo` runs the loop: the server keeps serving while the adapter is retrained. A
     candidate's gates refusing it is checked on the store (`tests/adapters/test_production_loop_store.py`), and
-    `--from-scratch` in `tests/training/test_retrain_config.py`: a second retrain here took a minute of the suite."""
+    `--from-scratch` in `tests/training/test_retrain_config.py`: a second retrain here took about 75 s."""
     home = demo_training[0]
     counts = send_and_rate(demo_hub_server.url, traffic(break_ins=48, ordinary=16, seed=3))
     assert counts["wrong (corrected)"] >= 30, counts  # the systematic error: calm break-ins are not urgent to v1
