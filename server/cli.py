@@ -40,6 +40,7 @@ def serve(
     from adapters.errors import HubError
     from adapters.settings import Settings
     from server.app import build_app, build_state
+    from server.engine_process import start_forkserver
     from server.log_secrets import mask_secrets_in_logs
 
     overrides: dict[str, Any] = {
@@ -58,6 +59,9 @@ def serve(
     except (HubError, FileNotFoundError, ValidationError, typer.BadParameter) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    # Once the model, adapters and hub are known to be good (a refusal exits at once, not when the forkserver's
+    # imports are done), and before the engine's: the forkserver imports vLLM's engine core on the other core meanwhile.
+    start_forkserver(settings)
 
     fatal: list[str] = []
     config = uvicorn.Config(
@@ -77,8 +81,9 @@ def serve(
 
 def start_without_collector() -> None:
     """Run imports and the engine's start without the garbage collector; server.app.freeze_startup_heap makes one
-    full pass and turns it back on once the engine is up. An engine process forked meanwhile (vLLM may fork on
-    CUDA; its CPU platform spawns) collects as usual."""
+    full pass and turns it back on once the engine is up. An engine process forked from this one meanwhile (vLLM
+    may fork on CUDA) collects as usual, as does the engine core forked from the forkserver (server/engine_process.py),
+    a process of its own that never turned the collector off."""
     gc.disable()
     os.register_at_fork(after_in_child=gc.enable)
 

@@ -115,6 +115,7 @@ class Engine:
 
         if model_in_engine_core(settings, cpu=_cpu_build()):
             os.environ[VLLM_MULTIPROCESSING] = "0"
+            _fork_engine_core_from_the_forkserver()
         args = AsyncEngineArgs(
             model=model,
             served_model_name=served_model_name,
@@ -210,6 +211,17 @@ def model_in_engine_core(settings: Settings, *, cpu: bool) -> bool:
     more, about 1 GB resident) fewer. On a GPU vLLM already runs one device's worker in the engine core.
     """
     return cpu and settings.tensor_parallel_size == 1 and not settings.cpu_pinned_worker
+
+
+def _fork_engine_core_from_the_forkserver() -> None:
+    """When `loradock serve` started the forkserver (server/engine_process.py), vLLM forks its engine core from it."""
+    from server.engine_process import EngineCoreContext, forkserver_started
+
+    if forkserver_started():
+        import vllm.v1.engine.utils as engine_utils
+
+        engine_context = EngineCoreContext()
+        engine_utils.get_mp_context = lambda: engine_context
 
 
 def _kv_cache_bytes(settings: Settings) -> int | None:

@@ -10,6 +10,7 @@ import openai
 import psutil
 import pytest
 
+from server.engine_process import PRELOAD
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,16 @@ def test_the_model_runs_inside_the_engine_core_process(demo_server: ServerProces
     names = [child.name() for child in psutil.Process(demo_server.process.pid).children(recursive=True)]
     assert any("EngineCor" in name for name in names), names
     assert not any("Worker" in name for name in names), names
+
+
+def test_the_engine_core_is_forked_from_the_servers_forkserver(demo_server: ServerProcess) -> None:
+    """Which imported vLLM's engine core while the API process imported vLLM (`server/engine_process.py`)."""
+    api = psutil.Process(demo_server.process.pid)
+    engine = next(child for child in api.children(recursive=True) if "EngineCor" in child.name())
+    forkserver = engine.parent()
+    assert forkserver is not None and forkserver.ppid() == api.pid
+    command = " ".join(forkserver.cmdline())
+    assert "multiprocessing.forkserver" in command and all(module in command for module in PRELOAD), command
 
 
 def test_converted_demo_model_knows_the_capital_of_france(client: openai.OpenAI) -> None:

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from adapters.fingerprint import BaseModelSpec
+from adapters.settings import VLLM_MULTIPROCESSING
 from tests.adapter_factory import write_adapter
 from tests.helpers import TINY_MODEL_LEN, BackgroundStream, ServerProcess, adapter_files, metric, upload_adapter
 
@@ -60,6 +61,9 @@ def start_remote(home: Path, model: Path, core: int) -> ServerProcess:
     ]
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        # The model in vLLM's engine-core process, as loradock runs it and as the benchmarks run vLLM's server: one
+        # process less to import vLLM, torch and transformers at each remote's start.
+        VLLM_MULTIPROCESSING: "0",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_CPU_OMP_THREADS_BIND": str(core % (os.cpu_count() or 1)),
     }
