@@ -1,10 +1,11 @@
 """`loradock worker`: runs the fine-tuning jobs the server queues, one at a time, crash-safe.
 
-Each job trains in a child process (`loradock train`), so that cancelling it is a signal away and a crash in
-training cannot take the worker down. The child dies with the worker (Linux's parent-death signal), and the
-worker's heartbeat in the database is what other workers watch: a job whose worker went silent goes back to the
-queue and resumes from its last checkpoint, or fails with the reason after too many losses. Several workers can
-share PostgreSQL; a job is claimed under a SKIP LOCKED row lock, so none is run twice.
+Each job trains in a child process (`loradock train`, forked from a forkserver that has imported the training
+libraries: `training/job_process.py`), so that cancelling it is a signal away and a crash in training cannot take
+the worker down. The child dies with the worker, and the worker's heartbeat in the database is what other workers
+watch: a job whose worker went silent goes back to the queue and resumes from its last checkpoint, or fails with the
+reason after too many losses. Several workers can share PostgreSQL; a job is claimed under a SKIP LOCKED row lock,
+so none is run twice.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from adapters.database import redacted_url
 from adapters.datafiles import DataError, check_file
 from adapters.fine_tuning import FineTuningStore, JobObject, auto_epochs
 from adapters.hub import Hub
-from adapters.processes import die_with_parent
 from adapters.settings import Settings
+from training.job_process import start_forkserver, start_training
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Worker:
         self.hub = Hub.open(settings)
         self.store = self.hub.fine_tuning
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: BaseProcess | None = None
         self.stopping = False
 
     def run(self, *, once: bool = False) -> None:
@@ -64,6 +64,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.console.print(f"worker {self.name} on {redacted_url(self.settings.database)}")
+        if not once:
+            start_forkserver()  # its imports run while the worker waits for its first job
         try:
             while not self.stopping:
                 for job_id in self.store.recover_stale(self.settings.worker_stale_s, self.settings.worker_max_attempts):
@@ -83,7 +85,7 @@ class Worker:
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
-        if self.child is not None and self.child.poll() is None:
+        if self.child is not None and self.child.is_alive():
             self.child.terminate()
 
     # --- validating_files -> queued | failed -----------------------------------------------------------------
@@ -119,11 +121,10 @@ class Worker:
             (run_dir / "job.yaml").write_text(yaml.safe_dump(self._config(job), sort_keys=False))
             self.store.add_event(job.id, "Fine-tuning job started")
         self.console.print(f"running {job.id} ({'resuming' if resume else 'new'}) in {run_dir}")
-        command = [str(Path(sys.executable).parent / "loradock"), "train", "--output-dir", str(run_dir)]
-        command += ["--resume"] if resume else ["--config", str(run_dir / "job.yaml")]
-        with (run_dir / "train.log").open("ab") as log:
-            self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-            outcome = self._watch(job, run_dir)
+        arguments = ["train", "--output-dir", str(run_dir)]
+        arguments += ["--resume"] if resume else ["--config", str(run_dir / "job.yaml")]
+        self.child = start_training(arguments, run_dir / "train.log")
+        outcome = self._watch(job, run_dir)
         self.child = None
         if outcome == "lost":
             self.console.print(f"[yellow]{job.id} was taken over by another worker; stopped this copy[/yellow]")
@@ -152,10 +153,8 @@ class Worker:
         relayed = 0
         try:
             while True:
-                try:
-                    code = self.child.wait(timeout=1 / CHECKS_PER_S)
-                except subprocess.TimeoutExpired:
-                    code = None
+                self.child.join(timeout=1 / CHECKS_PER_S)
+                code = self.child.exitcode
                 if beat.verdict == "lost":
                     self._end_child()
                     return "lost"
@@ -174,11 +173,10 @@ class Worker:
     def _end_child(self) -> None:
         assert self.child is not None
         self.child.terminate()
-        try:
-            self.child.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
+        self.child.join(timeout=STOP_GRACE_S)
+        if self.child.exitcode is None:
             self.child.kill()
-            self.child.wait()
+            self.child.join()
 
     def _relay(self, job: JobObject, run_dir: Path, relayed: int) -> int:
         """New metrics.jsonl lines become events; new checkpoint folders become checkpoints."""
