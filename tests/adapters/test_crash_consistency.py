@@ -440,8 +440,8 @@ def test_a_server_killed_during_uploads_leaves_no_files_and_a_consistent_registr
         assert again is not None and again.status_code == 201, again.text if again else "connection broke"
         collect_and_check_clean(home)
         # the multipart spool files are anonymous (O_TMPFILE): nothing of the uploads is left outside the hub. A
-        # killed server leaves only the socket of the forkserver its engine core was forked from, in multiprocessing's
-        # own pymp-* folder (server/engine_process.py).
+        # server killed before its engine core was forked leaves only its forkserver's socket folder
+        # (server/engine_process.py).
         assert not [path for path in spool.iterdir() if not path.name.startswith("pymp-")]
     finally:
         kill_server(server)

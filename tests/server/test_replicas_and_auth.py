@@ -44,11 +44,13 @@ def launch(request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, Serv
         keys["revoked"] = revoked
         database.dispose()
         home = request.getfixturevalue("tmp_path_factory").mktemp("shared-home")
+        (home / "tmp").mkdir()
         env = {
             **SERVER_ENV,
             "LORADOCK_DATABASE_URL": url,
             "LORADOCK_AUTH": "on",
             "LORADOCK_RESOLUTION_CACHE_S": str(CACHE_S),
+            "TMPDIR": str(home / "tmp"),
         }
         replicas = [ServerProcess(home, ["--base-model", str(demo_model)], env=env) for _ in range(2)]
         try:
@@ -265,3 +267,7 @@ def test_a_replica_stopped_by_sigterm_finishes_its_streams_while_the_other_serve
     # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so the process ends "by SIGTERM".
     assert exit_code in (0, -signal.SIGTERM), a.log_tail()
     assert "Application shutdown complete" in a.log_tail()
+    # Ending by the signal skips atexit, where multiprocessing would remove the forkserver's socket folder; loradock
+    # removes it itself once the engine core has been forked (server/engine_process.py).
+    leftovers = [path.name for path in (a.home / "tmp").iterdir() if path.name.startswith("pymp-")]
+    assert not leftovers
