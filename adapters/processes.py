@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
+from multiprocessing.connection import wait
 
 PR_SET_PDEATHSIG = 1
 
@@ -20,3 +24,24 @@ def die_with_parent(parent: int | None = None) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         sys.exit(1)
+
+
+def stop_with_the_starting_process(grace_s: float = 0.0) -> None:
+    """In a child of multiprocessing's forkserver, stop when the process that started it dies, even by SIGKILL.
+
+    The child's parent is the forkserver, so the parent-death signal would wait for the wrong process. multiprocessing
+    gives the child a pipe whose other end only the starting process holds (`parent_process().sentinel`); a thread
+    waits for it to close, then sends this process SIGTERM, and SIGKILL `grace_s` later (at once when 0)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        if grace_s:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stop-with-the-starting-process", daemon=True).start()

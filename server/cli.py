@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the remote engines otherwise
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-        state = build_state(settings, _parse_adapters(adapter))
+        static_adapters = _parse_adapters(adapter)
+        listener = _listen(settings.host, settings.port)  # before the hub is opened and `--adapter` registered
+        state = build_state(settings, static_adapters)
     except (HubError, FileNotFoundError, ValidationError, typer.BadParameter) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -73,7 +76,9 @@ def serve(
     )
     server = uvicorn.Server(config)
     mask_secrets_in_logs([settings.admin_key.get_secret_value()] if settings.admin_key else [])
-    server.run()
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logging.getLogger(__name__).info("listening on http://%s:%d (Ctrl-C stops the server)", shown_host, settings.port)
+    server.run(sockets=[listener])
     if fatal:
         console.print(f"[red]error:[/red] {fatal[0]}")
         raise typer.Exit(1)
@@ -93,6 +98,23 @@ def _stop(server: Any, fatal: list[str], reason: str) -> None:
         return
     fatal.append(reason)
     server.should_exit = True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts. uvicorn binds its own only after the app's startup,
+    and by then the engine is loading in a thread that nothing can stop: a taken port left the process, and an engine
+    core with the model's gigabytes, running until the engine was up. uvicorn's own `Config.bind_socket` exits the
+    process when the port is taken; this refuses it as the other bad arguments are, with the address named. (Given
+    its sockets, uvicorn leaves the "running on" line to its caller.)"""
+    ipv6 = ":" in host  # as uvicorn tells the families apart; "::" takes IPv4 connections too, as it does there
+    try:
+        return socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ipv6 else socket.AF_INET,
+            dualstack_ipv6=ipv6 and socket.has_dualstack_ipv6(),
+        )
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def _parse_adapters(specs: list[str]) -> dict[str, Path]:

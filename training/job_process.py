@@ -10,22 +10,21 @@ with no threads started, so forking from it is safe.
 
 The child runs `loradock train` as the console script does, with its output in the job's log, and is named after
 the command line it runs (setproctitle), as the spawned child was. It dies with the worker: its parent is the
-forkserver, so Linux's parent-death signal would wait for the forkserver instead, and the child watches the
-worker's end of the pipe multiprocessing gives it (`parent_process().sentinel`) and kills itself when the worker is
-gone, even by SIGKILL.
+forkserver, so Linux's parent-death signal would wait for the forkserver instead: the child watches the worker's
+end of the pipe multiprocessing gives it and kills itself when the worker is gone, even by SIGKILL
+(`adapters.processes.stop_with_the_starting_process`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 from multiprocessing import forkserver
-from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+
+from adapters.processes import stop_with_the_starting_process
 
 PRELOAD = [
     "adapters.cli",
@@ -59,7 +58,7 @@ def start_training(arguments: list[str], log: Path) -> BaseProcess:
 
 
 def _run(arguments: list[str], log: str) -> None:
-    _die_with_the_worker()
+    stop_with_the_starting_process()
     with Path(log).open("ab") as out:
         for stream in (1, 2):  # stdout and stderr, as `loradock train` wrote them to the log when it was spawned
             os.dup2(out.fileno(), stream)
@@ -70,16 +69,3 @@ def _run(arguments: list[str], log: str) -> None:
     setproctitle.setproctitle(" ".join(["loradock", *arguments]))
     sys.argv = ["loradock", *arguments]
     main()
-
-
-def _die_with_the_worker() -> None:
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-    sentinel = parent.sentinel
-
-    def watch() -> None:
-        wait([sentinel])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="die-with-the-worker", daemon=True).start()

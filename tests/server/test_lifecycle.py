@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,46 +14,52 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.helpers import LORADOCK, ServerProcess
+from adapters.fingerprint import BaseModelSpec
+from tests.adapter_factory import write_adapter
+from tests.helpers import LORADOCK, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
 
-def test_missing_base_model_folder_fails_fast_with_a_clear_message(loradock_home: Path) -> None:
+def serve_refused(home: Path, *args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`loradock serve ARGS`, expected to be refused before it loads anything: a free port unless `port` is given."""
     done = subprocess.run(
-        [str(LORADOCK), "serve", "--base-model", "/no/such/model"],
+        [str(LORADOCK), "serve", "--port", str(port or free_port()), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"LORADOCK_HOME": str(loradock_home), "PATH": "/usr/bin:/bin"},
+        env={"LORADOCK_HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
-    assert done.returncode == 2
-    assert "/no/such/model" in done.stderr
+    assert done.returncode == 2, done.stderr
+    return done
+
+
+def test_missing_base_model_folder_fails_fast_with_a_clear_message(loradock_home: Path) -> None:
+    assert "/no/such/model" in serve_refused(loradock_home, "--base-model", "/no/such/model").stderr
 
 
 def test_bad_adapter_spec_is_refused_before_loading(loradock_home: Path, demo_model: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(LORADOCK), "serve", "--base-model", str(demo_model), "--adapter", f"x={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"LORADOCK_HOME": str(loradock_home), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2
+    done = serve_refused(loradock_home, "--base-model", str(demo_model), "--adapter", f"x={tmp_path}")
     assert "adapter_config.json" in done.stderr
 
 
 def test_model_folder_without_weights_is_refused_before_loading(loradock_home: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
-    done = subprocess.run(
-        [str(LORADOCK), "serve", "--base-model", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"LORADOCK_HOME": str(loradock_home), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2
-    assert "no .safetensors weights" in done.stderr
+    assert "no .safetensors weights" in serve_refused(loradock_home, "--base-model", str(tmp_path)).stderr
+
+
+def test_a_taken_port_is_refused_before_the_hub_is_touched(
+    demo_model: Path, demo_base: BaseModelSpec, tmp_path: Path
+) -> None:
+    """uvicorn binds only after the app's startup has set the engine loading: the process used to stay up until the
+    engine was built, with `--adapter` already registered."""
+    home = tmp_path / "home"
+    adapter = write_adapter(tmp_path / "adapter", demo_base, seed=3)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = serve_refused(home, "--base-model", str(demo_model), "--adapter", f"x={adapter}", port=port)
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+    assert not home.exists() or not any(home.iterdir()), "the hub was opened"
 
 
 def launch(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:

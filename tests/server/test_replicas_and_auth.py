@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from adapters.database import open_database
@@ -247,7 +248,7 @@ def test_keys_never_appear_in_logs_or_the_interaction_log(cluster) -> None:
 def test_a_replica_stopped_by_sigterm_finishes_its_streams_while_the_other_serves(
     cluster, demo_base: BaseModelSpec, tmp_path: Path
 ) -> None:
-    """Last (it stops replica A): a rolling restart as an orchestrator runs one, with an adapter's stream in flight."""
+    """It stops replica A: a rolling restart as an orchestrator runs one, with an adapter's stream in flight."""
     a, b, keys = cluster
     folder = write_adapter(tmp_path / "draining", demo_base, seed=9)
     assert upload_adapter(a.url, "draining", adapter_files(folder), api_key=keys["admin"]).status_code == 201
@@ -271,3 +272,25 @@ def test_a_replica_stopped_by_sigterm_finishes_its_streams_while_the_other_serve
     # removes it itself once the engine core has been forked (server/engine_process.py).
     leftovers = [path.name for path in (a.home / "tmp").iterdir() if path.name.startswith("pymp-")]
     assert not leftovers
+
+
+def test_a_replica_killed_outright_leaves_no_process_behind(cluster) -> None:
+    """Last (it kills replica B): a SIGKILL of the API process alone, as the out-of-memory killer sends it. Its engine
+    core (forked from a forkserver, not from the API process) used to keep running with the model's gigabytes."""
+    b = cluster[1]
+    descendants = psutil.Process(b.process.pid).children(recursive=True)
+    assert any("EngineCore" in child.name() + " ".join(child.cmdline()) for child in descendants)
+    b.process.send_signal(signal.SIGKILL)
+    b.process.wait(30)
+    deadline = time.monotonic() + 60
+    while (alive := [child for child in descendants if running(child)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, [(child.pid, child.name()) for child in alive]
+
+
+def running(process: psutil.Process) -> bool:
+    """A zombie has ended: whoever adopted it (PID 1 here) may be slow to reap it."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
