@@ -117,7 +117,7 @@ class Engine:
 
         if model_in_engine_core(settings, cpu=_cpu_build()):
             os.environ[VLLM_MULTIPROCESSING] = "0"
-            _fork_engine_core_from_the_forkserver()
+        _start_the_engine_core_from_loradocks_context()
         args = AsyncEngineArgs(
             model=model,
             served_model_name=served_model_name,
@@ -218,15 +218,18 @@ def model_in_engine_core(settings: Settings, *, cpu: bool) -> bool:
     return cpu and settings.tensor_parallel_size == 1 and not settings.cpu_pinned_worker
 
 
-def _fork_engine_core_from_the_forkserver() -> None:
-    """When `loradock serve` started the forkserver (server/engine_process.py), vLLM forks its engine core from it."""
-    from server.engine_process import EngineCoreContext, forkserver_started
+def _start_the_engine_core_from_loradocks_context() -> None:
+    """vLLM starts its engine core from the context `server.engine_process.engine_core_context` gives: forked from
+    the forkserver when `loradock serve` started one, otherwise by vLLM's own start method, and stopping when this
+    process dies in either case."""
+    import vllm.v1.engine.utils as engine_utils
+    from vllm.utils.system_utils import get_mp_context
 
-    if forkserver_started():
-        import vllm.v1.engine.utils as engine_utils
+    from server.engine_process import engine_core_context, forkserver_started
 
-        engine_context = EngineCoreContext()
-        engine_utils.get_mp_context = lambda: engine_context
+    engine_utils.get_mp_context = lambda: engine_core_context(
+        "forkserver" if forkserver_started() else get_mp_context().get_start_method()
+    )
 
 
 def _kv_cache_bytes(settings: Settings) -> int | None:

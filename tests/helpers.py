@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 LORADOCK = Path(sys.executable).parent / "loradock"
@@ -43,6 +44,14 @@ def run_loradock(args: Sequence[str], env: dict[str, str], timeout: float) -> su
             process.communicate()
             raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def still_running(process: psutil.Process) -> bool:
+    """A zombie has ended: whoever adopted it (PID 1 here) may be slow to reap it."""
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def free_port() -> int:
@@ -99,7 +108,8 @@ class ServerProcess:
     def terminate(self, timeout_s: float = 60) -> int:
         """SIGTERM, as an orchestrator sends it; returns the exit code. Whatever is left of its process group
         afterwards is killed: a server stopped while it was still starting exits before vLLM's engine-core process
-        (and its worker, in vLLM's CPU layout) does, and they would otherwise outlive the test with their gigabytes."""
+        (and its worker, in vLLM's pinned-worker layout) does. They stop by themselves once vLLM has built the engine
+        (server/engine_process.py), which the next test should not have to wait for."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

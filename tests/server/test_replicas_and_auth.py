@@ -19,7 +19,15 @@ from adapters.fingerprint import BaseModelSpec
 from adapters.keys import create_key, revoke_key
 from tests.adapter_factory import write_adapter
 from tests.conftest import SERVER_ENV, fresh_postgres_database
-from tests.helpers import LORADOCK, BackgroundStream, ServerProcess, adapter_files, chromium, upload_adapter
+from tests.helpers import (
+    LORADOCK,
+    BackgroundStream,
+    ServerProcess,
+    adapter_files,
+    chromium,
+    still_running,
+    upload_adapter,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -283,14 +291,6 @@ def test_a_replica_killed_outright_leaves_no_process_behind(cluster) -> None:
     b.process.send_signal(signal.SIGKILL)
     b.process.wait(30)
     deadline = time.monotonic() + 60
-    while (alive := [child for child in descendants if running(child)]) and time.monotonic() < deadline:
+    while (alive := [child for child in descendants if still_running(child)]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not alive, [(child.pid, child.name()) for child in alive]
-
-
-def running(process: psutil.Process) -> bool:
-    """A zombie has ended: whoever adopted it (PID 1 here) may be slow to reap it."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
