@@ -27,11 +27,13 @@ def die_with_parent(parent: int | None = None) -> None:
 
 
 def stop_with_the_starting_process(grace_s: float = 0.0) -> None:
-    """In a child of multiprocessing's forkserver, stop when the process that started it dies, even by SIGKILL.
+    """In a child started by multiprocessing (spawn, fork or forkserver), stop when the process that started it dies,
+    even by SIGKILL.
 
-    The child's parent is the forkserver, so the parent-death signal would wait for the wrong process. multiprocessing
-    gives the child a pipe whose other end only the starting process holds (`parent_process().sentinel`); a thread
-    waits for it to close, then sends this process SIGTERM, and SIGKILL `grace_s` later (at once when 0)."""
+    A forkserver's child has the forkserver for its parent, so the parent-death signal would wait for the wrong
+    process, and a spawned one would have to arm it itself. multiprocessing gives every child a pipe whose other end
+    only the starting process holds (`parent_process().sentinel`); a thread waits for it to close, then sends this
+    process SIGTERM, and SIGKILL `grace_s` later (at once when 0)."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return

@@ -77,7 +77,8 @@ def serve(
     server = uvicorn.Server(config)
     mask_secrets_in_logs([settings.admin_key.get_secret_value()] if settings.admin_key else [])
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logging.getLogger(__name__).info("listening on http://%s:%d (Ctrl-C stops the server)", shown_host, settings.port)
+    port = listener.getsockname()[1]  # the one the system chose, for --port 0
+    logging.getLogger(__name__).info("listening on http://%s:%d (Ctrl-C stops the server)", shown_host, port)
     server.run(sockets=[listener])
     if fatal:
         console.print(f"[red]error:[/red] {fatal[0]}")
