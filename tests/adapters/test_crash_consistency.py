@@ -324,8 +324,10 @@ def test_registrations_killed_at_random_moments_leave_the_registry_consistent(
     assert code == 0
     killed = 0
     for seed in range(1, 6):
-        code, _ = register_killed(seed, rng.uniform(0, window * 1.2))
+        code, took = register_killed(seed, rng.uniform(0, window * 1.2))
         killed += code == -signal.SIGKILL
+        if code == 0:  # it finished before its kill: the first one's time was long (a busy machine), draw from this
+            window = min(window, took)
         check_consistent(home, database_url)  # after every kill, not only at the end
     referenced, stored = check_consistent(home, database_url)
     assert killed >= 1 and (stored - referenced or list(incoming.iterdir())), "no kill landed mid-write"
