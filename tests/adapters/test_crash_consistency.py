@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import typer
 from safetensors.numpy import load_file
@@ -33,7 +34,7 @@ from adapters.store import content_sha256
 from adapters.tables import PURGED, AdapterVersion, Artifact
 from tests.adapter_factory import write_adapter
 from tests.adapters.synthetic import synthetic_base
-from tests.helpers import LORADOCK, ServerProcess
+from tests.helpers import LORADOCK, ServerProcess, still_running
 
 EVERY_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUICK_TRAINING = ["--set", "lora.r=8", "--set", "data.max_seq_len=256", "--set", "batch_size=4"]
@@ -526,14 +527,6 @@ def measure_child(parent: int) -> int | None:
     return None
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.integration
 def test_an_export_killed_mid_way_registers_nothing_and_leaves_only_staging(tiny_model: Path, tmp_path: Path) -> None:
     from training.demo_task import write_dataset
@@ -562,15 +555,16 @@ def test_an_export_killed_mid_way_registers_nothing_and_leaves_only_staging(tiny
     # 2. only the export's own process killed, while its measurement child runs vLLM: the child goes with it
     process = start(home, *args)
     wait_for(lambda: measure_child(process.pid) is not None, process, timeout_s=300)
-    child = measure_child(process.pid)
-    assert child is not None
+    pid = measure_child(process.pid)
+    assert pid is not None
+    child = psutil.Process(pid)
     time.sleep(rng.uniform(0.5, 2.0))
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 20
-    while alive(child) and time.monotonic() < deadline:
+    while still_running(child) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survived = alive(child)
+    survived = still_running(child)
     kill_group(process)
     assert not survived, "the measurement process outlived the export that started it"
 
