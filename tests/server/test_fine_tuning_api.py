@@ -50,8 +50,12 @@ class Worker:
 
 
 def environment(home: Path, tiny_model: Path, **extra: str) -> dict[str, str]:
+    """The settings of this module's servers and workers. Their temporary files go under the home: a worker killed
+    outright leaves its forkserver's socket folder behind, where pytest removes it, not in the machine's /tmp."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,
+        "TMPDIR": str(home / "tmp"),
         "LORADOCK_HOME": str(home),
         "LORADOCK_BASE_MODEL": str(tiny_model),
         "LORADOCK_MAX_LORA_RANK": "16",
