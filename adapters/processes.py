@@ -9,7 +9,9 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -47,3 +49,21 @@ def stop_with_the_starting_process(grace_s: float = 0.0) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="stop-with-the-starting-process", daemon=True).start()
+
+
+def start_forkserver(preload: list[str]) -> None:
+    """Start multiprocessing's forkserver, which imports `preload` while the caller goes on; children forked from it
+    later start with those modules imported. Its first start fixes what it imports, and a later call changes nothing.
+
+    The forkserver is a clean interpreter that has only imported modules, with no threads started, which is what makes
+    forking from it safe where forking a process that runs threads (OpenMP's, vLLM's) would not be."""
+    multiprocessing.set_forkserver_preload(preload)
+    forkserver.ensure_running()
+
+
+def write_output_to(log: Path) -> None:
+    """In a child forked from a forkserver: its stdout and stderr (inherited from the forkserver's start) go to the
+    end of `log` instead, as they would for a spawned child given that file."""
+    with log.open("ab") as out:
+        for stream in (1, 2):
+            os.dup2(out.fileno(), stream)

@@ -18,13 +18,11 @@ end of the pipe multiprocessing gives it and kills itself when the worker is gon
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
-from multiprocessing import forkserver
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from adapters.processes import stop_with_the_starting_process
+from adapters import processes
 
 PRELOAD = [
     "adapters.cli",
@@ -42,8 +40,7 @@ family is imported in the child)."""
 
 def start_forkserver() -> None:
     """Start the forkserver; it imports `PRELOAD` while the caller goes on."""
-    multiprocessing.set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
+    processes.start_forkserver(PRELOAD)
 
 
 def start_training(arguments: list[str], log: Path) -> BaseProcess:
@@ -58,10 +55,8 @@ def start_training(arguments: list[str], log: Path) -> BaseProcess:
 
 
 def _run(arguments: list[str], log: str) -> None:
-    stop_with_the_starting_process()
-    with Path(log).open("ab") as out:
-        for stream in (1, 2):  # stdout and stderr, as `loradock train` wrote them to the log when it was spawned
-            os.dup2(out.fileno(), stream)
+    processes.stop_with_the_starting_process()
+    processes.write_output_to(Path(log))  # as `loradock train` wrote to the log when it was spawned
     import setproctitle
 
     from adapters.cli import main

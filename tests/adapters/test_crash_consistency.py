@@ -517,14 +517,14 @@ def files_named(folder: Path, suffix: str) -> list[Path]:
     return found
 
 
-def measure_child(parent: int) -> int | None:
-    """The pid of the export's measurement process (`python -m training.exports.measure`), if it runs."""
-    children = Path(f"/proc/{parent}/task/{parent}/children")
-    with contextlib.suppress(OSError):
-        for pid in children.read_text().split():
-            if b"training.exports.measure" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return int(pid)
-    return None
+def measuring(parent: int) -> bool:
+    """Whether the export's vLLM measurement runs: a process named `loradock measure`, forked from the export's
+    forkserver (`training/exports/measure.py`)."""
+    with contextlib.suppress(OSError):  # read from /proc, not psutil: this is polled every millisecond
+        for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"loradock measure") or measuring(int(pid)):
+                return True
+    return False
 
 
 @pytest.mark.integration
@@ -545,28 +545,29 @@ def test_an_export_killed_mid_way_registers_nothing_and_leaves_only_staging(tiny
     args += ["--max-prompts", "2", "--max-new-tokens", "4"]
     rng = random.Random(5)
 
+    spool = tmp_path / "spool"  # where the killed exports' forkservers leave their socket folders
+    spool.mkdir()
+
     # 1. killed (with its whole process group) while the merged weights are being written
-    process = start(home, *args)
+    process = start(home, *args, TMPDIR=str(spool))
     wait_for(lambda: bool(files_named(incoming, ".safetensors")), process)
     time.sleep(rng.uniform(0, 0.3))
     kill_group(process)
     check_consistent(home)
 
-    # 2. only the export's own process killed, while its measurement child runs vLLM: the child goes with it
-    process = start(home, *args)
-    wait_for(lambda: measure_child(process.pid) is not None, process, timeout_s=300)
-    pid = measure_child(process.pid)
-    assert pid is not None
-    child = psutil.Process(pid)
+    # 2. only the export's own process killed, while its measurement runs vLLM: the measurement and the forkserver it
+    # was forked from go with it
+    process = start(home, *args, TMPDIR=str(spool))
+    assert wait_for(lambda: measuring(process.pid), process, timeout_s=300)
+    descendants = psutil.Process(process.pid).children(recursive=True)
     time.sleep(rng.uniform(0.5, 2.0))
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 20
-    while still_running(child) and time.monotonic() < deadline:
+    while (survivors := [child for child in descendants if still_running(child)]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survived = still_running(child)
     kill_group(process)
-    assert not survived, "the measurement process outlived the export that started it"
+    assert not survivors, [" ".join(child.cmdline()) for child in survivors]
 
     hub = open_hub(home)
     try:

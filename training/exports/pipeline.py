@@ -24,7 +24,7 @@ from adapters.hub import Hub
 from adapters.records import ArtifactView
 from adapters.settings import Settings
 from training.exports.distill import DistillConfig
-from training.exports.measure import Measurement, MeasureSpec, measure
+from training.exports.measure import Measurement, MeasureSpec, measure, start_vllm_measurements
 from training.exports.report import build_report, side, token_agreement, write_report
 from training.exports.source import ExportError, ExportOptions, ExportSource, Progress, open_source, train_split
 from training.result_cache import ResultCache, base_identity
@@ -72,6 +72,22 @@ class Workspace:
 
     def teacher(self) -> Measurement:
         """Base + adapter in vLLM, measured once per adapter content, prompts and answer length (cached)."""
+        cache, key = self._teacher_cache()
+        with contextlib.suppress(ValidationError):
+            return Measurement.model_validate(cache.get(key))
+        self.progress("measuring the teacher (base + adapter in vLLM)")
+        measured = self.measure("vllm", self.source.base_folder, self.source.adapter_dir)
+        cache.put(key, measured.model_dump(mode="json"))
+        return measured
+
+    def prepare_vllm_measurements(self, *, export_in_vllm: bool) -> None:
+        """Have vLLM imported for the measurements ahead while this export builds, if any lie ahead: the export's
+        own in vLLM, or a teacher not measured yet."""
+        cache, key = self._teacher_cache()
+        if export_in_vllm or cache.get(key) is None:
+            start_vllm_measurements()
+
+    def _teacher_cache(self) -> tuple[ResultCache, str]:
         cache = ResultCache(self.hub.settings.cache_dir / "teachers")
         key = cache.key(
             MEASURE_REVISION,
@@ -80,12 +96,7 @@ class Workspace:
             self.prompts,
             self.options.max_new_tokens,
         )
-        with contextlib.suppress(ValidationError):
-            return Measurement.model_validate(cache.get(key))
-        self.progress("measuring the teacher (base + adapter in vLLM)")
-        measured = self.measure("vllm", self.source.base_folder, self.source.adapter_dir)
-        cache.put(key, measured.model_dump(mode="json"))
-        return measured
+        return cache, key
 
     def answers(self, measured: Measurement) -> list[str]:
         return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in measured.tokens]
@@ -172,6 +183,7 @@ def export_merged(settings: Settings, ref: str, options: ExportOptions, progress
     from training.exports.merge import max_logit_difference, merge_adapter
 
     with workspace(settings, ref, options, progress) as work:
+        work.prepare_vllm_measurements(export_in_vllm=True)
         progress("merging the adapter into the base (float32, saved in the base's dtype)")
         merge_adapter(work.source.base_folder, work.source.adapter_dir, work.artifact)
         progress("parity: logits of base + adapter against the saved merged model")
@@ -193,6 +205,7 @@ def export_onnx(
     from training.exports.onnx_build import build_onnx
 
     with workspace(settings, ref, options, progress) as work:
+        work.prepare_vllm_measurements(export_in_vllm=False)
         version = work.source.version
         parent = None
         if from_label is None:
@@ -237,6 +250,7 @@ def export_distilled(
     from training.report import plot_curves
 
     with workspace(settings, ref, options, progress) as work:
+        work.prepare_vllm_measurements(export_in_vllm=True)
         train = train_split(work.source, train_data)
         if student is None:
             progress("building the student: the base with every other layer dropped")
